@@ -1,0 +1,115 @@
+"""Shared fixtures: the loaded plugin set, a tiny recipe, and a fake third-party plugin distribution."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from unitkit.plugins import load_plugins
+from unitkit.recipe import data_root
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def registries():
+    plugins = load_plugins(autoload=False)
+    assert not plugins.failures, plugins.failures
+    return plugins.registries
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    root = data_root()
+    if not root.is_dir():
+        pytest.skip(f"real datasets not found at {root}; set UNITKIT_DATA to the shared/data folder")
+    return root
+
+
+TINY_RECIPE = """
+name = "tiny"
+[data]
+kind = "synthetic"
+image_size = 16
+train_size = 64
+test_size = 8
+[model.encoder]
+kind = "resnet"
+width = 4
+downsamplings = 1
+res_blocks = 1
+[model.generator]
+kind = "resnet"
+downsamplings = 1
+res_blocks = 1
+[model.discriminator]
+kind = "patch"
+width = 4
+layers = 2
+[train]
+iterations = 4
+batch_size = 2
+log_every = 1
+sample_every = 2
+sample_count = 2
+checkpoint_every = 2
+device = "cpu"
+[ablations.no-sharing]
+"model.sharing.kind" = "none"
+"""
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_RECIPE, encoding="utf-8")
+    return path
+
+
+PLUGIN_SOURCE = '''
+import unitkit
+from unitkit import hookimpl
+from unitkit.builtin.losses import LSGAN
+
+
+class DoubledLSGAN(LSGAN):
+    """LSGAN times two (a third-party test plugin)."""
+
+    def __init__(self, factor: float = 2.0):
+        self.factor = factor
+
+    def discriminator(self, real, fake):
+        return self.factor * super().discriminator(real, fake)
+
+    def generator(self, fake):
+        return self.factor * super().generator(fake)
+
+
+@hookimpl
+def unitkit_register_gan_losses(registry):
+    registry.register("doubled-lsgan", DoubledLSGAN)
+'''
+
+
+def make_distribution(folder: Path, package: str, module: str, source: str, version: str = "0.3.1") -> Path:
+    """Write an installed-looking distribution (module + dist-info with a ``unitkit`` entry point) in folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{module}.py").write_text(textwrap.dedent(source), encoding="utf-8")
+    info = folder / f"{package.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text(f"[unitkit]\n{package} = {module}\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A third-party plugin 'unitkit-doubled' on sys.path, visible to importlib.metadata and subprocesses."""
+    folder = make_distribution(tmp_path / "site", "unitkit-doubled", "unitkit_doubled", PLUGIN_SOURCE)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("PYTHONPATH", str(folder))
+    yield folder
+    sys.modules.pop("unitkit_doubled", None)

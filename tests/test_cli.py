@@ -1,0 +1,115 @@
+"""The command line end to end: a real tiny training run, resume, translate, list-plugins and recipe errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from unitkit.checkpoint import list_checkpoints, read_checkpoint
+from unitkit.cli import main
+
+RUNNER = CliRunner()
+
+
+def invoke(*args: str):
+    return RUNNER.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def unitkit_process(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "unitkit", *map(str, args)], capture_output=True, text=True, **kwargs)
+
+
+def test_tiny_run_writes_everything_then_resumes_and_translates(tiny_recipe, tmp_path):
+    run_dir = tmp_path / "run"
+    result = invoke("run", tiny_recipe, "--out", run_dir, "--quiet")
+    assert result.exit_code == 0, result.output
+    for name in ("recipe.toml", "log.jsonl", "index.html", "losses.png", "evaluation.json"):
+        assert (run_dir / name).is_file(), name
+    assert sorted(p.name for p in (run_dir / "samples").glob("*.png")) == ["step_000000002.png", "step_000000004.png"]
+    assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == ["step_000000002.safetensors",
+                                                                         "step_000000004.safetensors"]  # fmt: skip
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "G/total" in r] == [1, 2, 3, 4]
+    assert "samples/step_000000004.png" in (run_dir / "index.html").read_text()
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    assert 0 <= evaluation["pixel_accuracy_a2b"] <= 1
+
+    # The run directory is never silently reused.
+    again = invoke("run", tiny_recipe, "--out", run_dir, "--quiet")
+    assert again.exit_code == 2 and "--resume" in again.output
+
+    resumed = invoke("run", tiny_recipe, "--out", run_dir, "--resume", "--quiet", "--set", "train.iterations=6")
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed from" in resumed.output and "at iteration 4" in resumed.output
+    assert read_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1]).step == 6
+
+    # Translate images of sizes the network does not take natively; sizes and names are kept.
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    Image.new("RGB", (23, 17), (200, 30, 30)).save(inputs / "odd.png")
+    Image.new("L", (16, 16), 128).save(inputs / "gray.png")
+    checkpoint = list_checkpoints(run_dir / "checkpoints")[-1]
+    out = tmp_path / "translated"
+    translated = invoke("translate", checkpoint, inputs, out, "--direction", "a2b", "--device", "cpu")
+    assert translated.exit_code == 0, translated.output
+    assert Image.open(out / "odd.png").size == (23, 17)
+    assert Image.open(out / "gray.png").size == (16, 16)
+
+
+def test_all_ablations_run_each_in_its_own_directory(tiny_recipe, tmp_path):
+    result = invoke("run", tiny_recipe, "--all-ablations", "--out", tmp_path / "sweep", "--quiet",
+                    "--set", "train.iterations=1", "--set", "train.sample_every=1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "sweep" / "base" / "index.html").exists()
+    assert "ablation" in (tmp_path / "sweep" / "no-sharing" / "recipe.toml").read_text()
+
+
+def test_recipe_error_exits_2_with_one_red_line_and_no_traceback(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[data]\nkind = "synthetic"\n[train]\nbatch_sise = 3\n')
+    result = unitkit_process("show", bad)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "did you mean 'batch_size'" in result.stderr and "bad.toml" in result.stderr
+
+
+def test_show_prints_resolved_recipe_and_parameter_counts(tiny_recipe):
+    result = invoke("show", tiny_recipe)
+    assert result.exit_code == 0, result.output
+    assert 'kind = "shared-latent"' in result.output and "E+G total" in result.output
+
+
+def test_list_plugins_shows_third_party_and_failures(third_party, tmp_path):
+    from conftest import make_distribution
+
+    broken = make_distribution(tmp_path / "broken", "unitkit-broken", "unitkit_broken", "raise RuntimeError('bad')")
+    env_path = f"{third_party}:{broken}"
+    import os
+
+    env = {**os.environ, "PYTHONPATH": env_path, "COLUMNS": "200"}
+    result = unitkit_process("list-plugins", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "doubled-lsgan" in result.stdout and "unitkit-doubled" in result.stdout and "0.3.1" in result.stdout
+    assert "failed" in result.stdout and "RuntimeError: bad" in result.stdout
+    # Other commands warn in one line and keep working.
+    shown = unitkit_process("show", Path(__file__).parents[1] / "recipes" / "quickstart.toml", env=env)
+    assert shown.returncode == 0 and "warning: plugin 'unitkit-broken'" in shown.stderr
+
+
+def test_third_party_component_is_usable_from_a_recipe(third_party, tiny_recipe, tmp_path):
+    overrides = ["objective.gan_loss.kind=doubled-lsgan", "objective.gan_loss.factor=3.0", "train.iterations=1"]
+    result = invoke("run", tiny_recipe, "--out", tmp_path / "r", "--quiet", *(f"--set={o}" for o in overrides))
+    assert result.exit_code == 0, result.output
+    assert "doubled-lsgan" in (tmp_path / "r" / "recipe.toml").read_text()
+
+
+@pytest.mark.parametrize("command", ["run", "show", "list-plugins", "translate"])
+def test_every_command_has_help_with_an_example(command):
+    result = invoke(command, "--help")
+    assert result.exit_code == 0 and "Example" in result.output

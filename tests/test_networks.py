@@ -1,0 +1,214 @@
+"""The built-in networks: shapes, block layout, gradients, weight tying, and errors for bad arguments."""
+
+import pytest
+import torch
+from torch import nn
+
+from unitkit import Discriminator, EncoderBackbone, GeneratorBackbone, count_parameters
+from unitkit.builtin.networks import (
+    Digits32Discriminator,
+    Digits32Encoder,
+    Digits32Generator,
+    LayerNorm2d,
+    MultiscalePatchDiscriminator,
+    PatchDiscriminator,
+    ResnetEncoder,
+    ResnetGenerator,
+)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def assert_all_parameters_get_gradients(*modules: nn.Module) -> None:
+    for module in modules:
+        for name, p in module.named_parameters():
+            assert p.grad is not None, f"{type(module).__name__}.{name} got no gradient"
+            assert p.grad.abs().sum() > 0, f"{type(module).__name__}.{name} got a zero gradient"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resnet encoder / generator
+
+
+@pytest.mark.parametrize(("height", "width"), [(32, 32), (64, 48)])
+def test_resnet_autoencoder_shapes(height, width):
+    enc = ResnetEncoder(3, width=8, downsamplings=2, res_blocks=2)
+    gen = ResnetGenerator(1, enc.latent_channels, downsamplings=2, res_blocks=2)
+    assert isinstance(enc, EncoderBackbone) and isinstance(gen, GeneratorBackbone)
+    assert enc.latent_channels == 32 and enc.size_multiple == 4
+    z = enc(torch.randn(2, 3, height, width))
+    assert z.shape == (2, 32, height // 4, width // 4)
+    y = gen(z)
+    assert y.shape == (2, 1, height, width)
+    assert y.abs().max() <= 1
+
+
+def test_resnet_blocks_layout():
+    enc = ResnetEncoder(3, width=4, downsamplings=3, res_blocks=2)
+    assert len(enc.blocks) == 1 + 3 + 2
+    assert enc.latent_channels == 32 and enc.size_multiple == 8
+    gen = ResnetGenerator(3, enc.latent_channels, downsamplings=3, res_blocks=2)
+    assert len(gen.blocks) == 2 + 3 + 1
+    assert len(ResnetEncoder(1, width=4, downsamplings=0, res_blocks=0).blocks) == 1
+
+
+def test_resnet_gradients_reach_every_parameter():
+    enc = ResnetEncoder(3, width=4, downsamplings=1, res_blocks=1)
+    gen = ResnetGenerator(3, enc.latent_channels, downsamplings=1, res_blocks=1)
+    gen(enc(torch.randn(2, 3, 16, 16))).square().mean().backward()
+    assert_all_parameters_get_gradients(enc, gen)
+
+
+def test_resnet_blocks_tie_across_domains_with_different_channels():
+    enc_a = ResnetEncoder(3, width=4, res_blocks=2)
+    enc_b = ResnetEncoder(1, width=4, res_blocks=2)
+    gen_a = ResnetGenerator(3, enc_a.latent_channels, res_blocks=2)
+    gen_b = ResnetGenerator(1, enc_b.latent_channels, res_blocks=2)
+    enc_b.blocks[-1] = enc_a.blocks[-1]
+    gen_b.blocks[0] = gen_a.blocks[0]
+    assert count_parameters(enc_a, enc_b) < count_parameters(enc_a) + count_parameters(enc_b)
+    assert gen_b(enc_b(torch.randn(2, 1, 16, 16))).shape == (2, 1, 16, 16)
+    assert gen_a(enc_a(torch.randn(2, 3, 16, 16))).shape == (2, 3, 16, 16)
+
+
+def test_resnet_zeros_padding():
+    enc = ResnetEncoder(3, width=4, padding="zeros")
+    assert enc(torch.randn(1, 3, 8, 8)).shape == (1, 16, 2, 2)
+
+
+def test_resnet_bad_arguments():
+    with pytest.raises(ValueError, match="not divisible by 2\\*\\*downsamplings=4"):
+        ResnetGenerator(3, latent_channels=6, downsamplings=2)
+    with pytest.raises(ValueError, match="width must be at least 1"):
+        ResnetEncoder(3, width=0)
+
+
+def test_layer_norm_matches_reference_formula():
+    norm = LayerNorm2d(4)
+    x = torch.randn(3, 4, 5, 5)
+    flat = x.flatten(1)
+    expected = (x - flat.mean(1)[:, None, None, None]) / (flat.std(1)[:, None, None, None] + 1e-5)
+    expected = expected * norm.gamma[None, :, None, None] + norm.beta[None, :, None, None]
+    torch.testing.assert_close(norm(x), expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Digits 32x32 coupled VAE
+
+
+def test_digits_autoencoder_shapes_and_range():
+    enc = Digits32Encoder(1, width=4)
+    gen = Digits32Generator(3, enc.latent_channels, width=4)
+    assert len(enc.blocks) == 5 and len(gen.blocks) == 4
+    assert enc.latent_channels == 32 and enc.size_multiple == 32
+    z = enc(torch.randn(4, 1, 32, 32))
+    assert z.shape == (4, 32, 1, 1)
+    y = gen(z)
+    assert y.shape == (4, 3, 32, 32)
+    assert y.abs().max() <= 1
+    y.square().mean().backward()
+    assert_all_parameters_get_gradients(enc, gen)
+
+
+def test_digits_blocks_tie_across_domains():
+    enc_a, enc_b = Digits32Encoder(3, width=4), Digits32Encoder(1, width=4)
+    gen_a, gen_b = Digits32Generator(3, 32, width=4), Digits32Generator(1, 32, width=4)
+    for i in range(1, 5):
+        enc_b.blocks[i] = enc_a.blocks[i]
+    for i in range(3):
+        gen_b.blocks[i] = gen_a.blocks[i]
+    assert gen_b(enc_b(torch.randn(2, 1, 32, 32))).shape == (2, 1, 32, 32)
+    assert gen_a(enc_a(torch.randn(2, 3, 32, 32))).shape == (2, 3, 32, 32)
+
+
+def test_digits_encoder_rejects_other_sizes():
+    with pytest.raises(ValueError, match="32x32 images, got 28x28"):
+        Digits32Encoder(1, width=4)(torch.randn(2, 1, 28, 28))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Discriminators
+
+
+def test_multiscale_discriminator_outputs():
+    dis = MultiscalePatchDiscriminator(3, width=4, layers=2, scales=3)
+    assert isinstance(dis, Discriminator)
+    outputs = dis(torch.randn(2, 3, 32, 48))
+    assert [tuple(o.shape) for o in outputs] == [(2, 1, 8, 12), (2, 1, 4, 6), (2, 1, 2, 3)]
+    assert dis.trunk == ("scales.0.body", "scales.1.body", "scales.2.body")
+    for path in dis.trunk:
+        assert isinstance(dis.get_submodule(path), nn.Module)
+    sum(o.mean() for o in outputs).backward()
+    assert_all_parameters_get_gradients(dis)
+
+
+def test_multiscale_discriminator_defaults_at_64():
+    outputs = MultiscalePatchDiscriminator(3, width=4)(torch.randn(1, 3, 64, 64))
+    assert [tuple(o.shape) for o in outputs] == [(1, 1, 4, 4), (1, 1, 2, 2), (1, 1, 1, 1)]
+
+
+def test_multiscale_discriminator_trunk_ties_across_channels():
+    dis_a = MultiscalePatchDiscriminator(3, width=4, layers=2, scales=2)
+    dis_b = MultiscalePatchDiscriminator(1, width=4, layers=2, scales=2)
+    for i in range(2):
+        dis_b.scales[i].body = dis_a.scales[i].body
+    assert len(dis_b(torch.randn(2, 1, 16, 16))) == 2
+
+
+def test_patch_discriminator_is_single_scale():
+    dis = PatchDiscriminator(1, width=4, layers=3)
+    outputs = dis(torch.randn(2, 1, 32, 32))
+    assert len(outputs) == 1 and outputs[0].shape == (2, 1, 4, 4)
+    assert dis.trunk == ("scales.0.body",)
+
+
+def test_patch_discriminators_bad_arguments():
+    with pytest.raises(ValueError, match="no classifier head"):
+        MultiscalePatchDiscriminator(3, num_classes=10)
+    with pytest.raises(ValueError, match="no classifier head"):
+        PatchDiscriminator(3, num_classes=10)
+    with pytest.raises(ValueError, match="scales must be at least 1"):
+        MultiscalePatchDiscriminator(3, scales=0)
+    with pytest.raises(ValueError, match="too small for scale 3 of 3"):
+        MultiscalePatchDiscriminator(3, width=4)(torch.randn(1, 3, 32, 32))
+    with pytest.raises(NotImplementedError, match="no classifier head"):
+        PatchDiscriminator(3, width=4).classify(torch.randn(1, 3, 32, 32))
+
+
+def test_digits_discriminator_with_classifier():
+    dis = Digits32Discriminator(1, num_classes=10, width=4)
+    assert dis.num_classes == 10
+    assert dis.trunk == ("body", "head", "classifier")
+    x = torch.randn(3, 1, 32, 32)
+    outputs = dis(x)
+    assert len(outputs) == 1 and outputs[0].shape == (3, 1, 1, 1)
+    assert dis.features(x).shape == (3, 32, 2, 2)
+    logits = dis.classify(x)
+    assert logits.shape == (3, 10)
+    (outputs[0].mean() + logits.mean()).backward()
+    assert_all_parameters_get_gradients(dis)
+
+
+def test_digits_discriminator_without_classifier_or_dropout():
+    dis = Digits32Discriminator(3, width=4, dropout=False)
+    assert dis.trunk == ("body", "head")
+    assert not any(isinstance(m, nn.Dropout) for m in dis.modules())
+    dis.train()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(dis(x)[0], dis(x)[0])  # deterministic without dropout, even in training mode
+    with pytest.raises(NotImplementedError):
+        dis.classify(x)
+    with pytest.raises(ValueError, match="32x32 images, got 64x64"):
+        dis(torch.randn(2, 3, 64, 64))
+
+
+def test_digits_discriminator_trunk_ties_across_channels():
+    dis_a = Digits32Discriminator(3, num_classes=10, width=4)
+    dis_b = Digits32Discriminator(1, num_classes=10, width=4)
+    for path in dis_a.trunk:
+        setattr(dis_b, path, getattr(dis_a, path))
+    assert dis_b.classify(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+    assert count_parameters(dis_a, dis_b) == count_parameters(dis_a) + count_parameters(dis_b.stem)

@@ -1,0 +1,129 @@
+"""The UNIT objective term by term: hand-computed values, and zero weights that remove their computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unitkit.builtin.losses import LSGAN, HingeGAN, VanillaGAN
+from unitkit.model import build_model
+from unitkit.objective import discriminator_loss, generator_losses, kl_divergence, translate_both
+from unitkit.recipe import load_recipe
+
+REAL = torch.tensor([[0.5], [2.0]])
+FAKE = torch.tensor([[-1.0], [0.25]])
+
+
+def test_lsgan_matches_hand_computation():
+    loss = LSGAN()
+    # D: mean((real-1)^2) + mean(fake^2) = (0.25 + 1)/2 + (1 + 0.0625)/2
+    assert loss.discriminator(REAL, FAKE).item() == pytest.approx(0.625 + 0.53125)
+    # G: mean((fake-1)^2) = (4 + 0.5625)/2
+    assert loss.generator(FAKE).item() == pytest.approx(2.28125)
+
+
+def test_vanilla_gan_matches_hand_computation():
+    loss = VanillaGAN()
+    softplus = lambda x: torch.log1p(torch.exp(x))  # noqa: E731
+    expected_d = softplus(-REAL).mean() + softplus(FAKE).mean()  # -log σ(real) - log(1 - σ(fake))
+    assert loss.discriminator(REAL, FAKE).item() == pytest.approx(expected_d.item())
+    assert loss.generator(FAKE).item() == pytest.approx(softplus(-FAKE).mean().item())  # non-saturating
+
+
+def test_hinge_matches_hand_computation():
+    loss = HingeGAN()
+    # D: mean(relu(1-real)) + mean(relu(1+fake)) = (0.5 + 0)/2 + (0 + 1.25)/2
+    assert loss.discriminator(REAL, FAKE).item() == pytest.approx(0.25 + 0.625)
+    assert loss.generator(FAKE).item() == pytest.approx(0.375)
+
+
+def test_kl_is_half_squared_mean_up_to_scale():
+    mean = torch.tensor([[1.0, -2.0], [0.0, 3.0]])
+    assert kl_divergence(mean).item() == pytest.approx((1 + 4 + 0 + 9) / 4)
+
+
+@pytest.fixture
+def setup(tiny_recipe, registries):
+    def make(**weights):
+        overrides = [f"objective.{k}={v}" for k, v in weights.items()]
+        recipe = load_recipe(tiny_recipe, registries, overrides)
+        torch.manual_seed(0)
+        model = build_model(recipe, registries, (3, 3))
+        return model, recipe.objective
+
+    return make
+
+
+def run_terms(model, weights, seed=1):
+    torch.manual_seed(seed)
+    x_a, x_b = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
+    t = translate_both(model, x_a, x_b, weights)
+    return t, generator_losses(model, t, LSGAN(), F.l1_loss, weights)
+
+
+def count_calls(model):
+    calls = {name: 0 for name in ("enc_a", "enc_b", "gen_a", "gen_b", "dis_a", "dis_b")}
+    images = {name: 0 for name in calls}
+    for name in calls:
+
+        def hook(module, args, output, name=name):
+            calls[name] += 1
+            images[name] += len(args[0])
+
+        getattr(model, name).register_forward_hook(hook)
+    return images
+
+
+def test_terms_match_their_formulas(setup):
+    model, weights = setup()
+    t, terms = run_terms(model, weights)
+    assert set(terms) == {"gan", "kl", "recon", "kl_cycle", "cycle", "total"}
+    torch.testing.assert_close(
+        terms["recon"], weights.recon * ((t.recon_a - t.x_a).abs().mean() + (t.recon_b - t.x_b).abs().mean())
+    )
+    torch.testing.assert_close(terms["kl"], weights.kl * (t.h_a.square().mean() + t.h_b.square().mean()))
+    torch.testing.assert_close(terms["kl_cycle"], weights.kl_cycle * (t.h_ab.square().mean() + t.h_ba.square().mean()))
+    torch.testing.assert_close(
+        terms["cycle"], weights.cycle * ((t.aba - t.x_a).abs().mean() + (t.bab - t.x_b).abs().mean())
+    )
+    gan = sum(((d - 1) ** 2).mean() for d in model.dis_a(t.ba)) + sum(((d - 1) ** 2).mean() for d in model.dis_b(t.ab))
+    torch.testing.assert_close(terms["gan"], weights.gan * gan)
+    torch.testing.assert_close(terms["total"], sum(v for k, v in terms.items() if k != "total"))
+
+
+@pytest.mark.parametrize(
+    "zeroed, absent, skipped",
+    [
+        ({"cycle": 0.0}, {"cycle"}, {"aba", "bab"}),
+        ({"cycle": 0.0, "kl_cycle": 0.0}, {"cycle", "kl_cycle"}, {"aba", "bab", "h_ab", "h_ba"}),
+        ({"recon": 0.0}, {"recon"}, {"recon_a", "recon_b"}),
+        ({"kl": 0.0}, {"kl"}, set()),
+        ({"gan": 0.0}, {"gan"}, set()),
+    ],
+)
+def test_zero_weight_removes_the_term_and_its_computation(setup, zeroed, absent, skipped):
+    full_model, full_weights = setup()
+    full_images = count_calls(full_model)
+    full_t, full = run_terms(full_model, full_weights)
+    model, weights = setup(**zeroed)
+    images = count_calls(model)
+    t, terms = run_terms(model, weights)
+    assert set(full) - set(terms) == absent
+    for name in skipped:
+        assert getattr(t, name) is None and getattr(full_t, name) is not None
+    for name in set(terms) - {"total"} - {"cycle", "kl_cycle"}:  # terms computed before any skipped work
+        torch.testing.assert_close(terms[name], full[name])
+    if skipped:
+        assert sum(images.values()) < sum(full_images.values())
+    if "gan" in zeroed:
+        assert images["dis_a"] == images["dis_b"] == 0
+
+
+def test_discriminator_loss_uses_detached_translations(setup):
+    model, weights = setup()
+    t, _ = run_terms(model, weights)
+    loss = discriminator_loss(model, t, LSGAN(), weights)
+    loss.backward()
+    assert all(p.grad is None for p in model.generator_parameters())
+    assert any(p.grad is not None for p in model.discriminator_parameters())

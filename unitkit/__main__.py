@@ -1,0 +1,3 @@
+from unitkit.cli import main
+
+main()

@@ -1,0 +1,328 @@
+"""Built-in dataset factories: a generated two-style shapes set, CycleGAN-layout folders, and digit pairs.
+
+Every factory returns a :class:`unitkit.DomainData` whose items are ``(image, label)``: a float tensor
+(C, H, W) in [-1, 1] and an int label (-1 where there is none). Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from pydantic import Field
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision import transforms as T
+from torchvision.datasets import MNIST, SVHN, USPS
+
+from unitkit import DomainData
+
+PositiveInt = Annotated[int, Field(ge=1)]
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, as PIL's convert("L") uses
+
+
+class ArrayImages(Dataset):
+    """In-memory uint8 images (N, C, h, w) served resized to ``size`` with ``channels`` channels in [-1, 1]."""
+
+    def __init__(self, images: Tensor, labels: Tensor, size: int, channels: int) -> None:
+        self.images, self.labels, self.size, self.channels = images, labels, size, channels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        x = self.images[index].float() / 127.5 - 1
+        if x.shape[-2:] != (self.size, self.size):
+            # Resizing per item keeps memory at the stored size (60,000 MNIST digits stay 47 MB).
+            x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", antialias=True)[0]
+        if x.shape[0] != self.channels:
+            x = x.expand(3, -1, -1) if self.channels == 3 else torch.tensordot(x.new_tensor(_LUMA), x, 1)[None]
+        return x.clamp(-1, 1), int(self.labels[index])
+
+
+# --------------------------------------------------------------------------------------------- synthetic
+
+
+def _hsv_to_rgb(h: np.ndarray, s: float, v: float) -> np.ndarray:
+    k = (np.array([5.0, 3.0, 1.0]) + h[:, None] * 6) % 6
+    return v - v * s * np.clip(np.minimum(k, 4 - k), 0, 1)
+
+
+def _box(x: np.ndarray, y: np.ndarray, hw: np.ndarray, hh: np.ndarray) -> np.ndarray:
+    qx, qy = np.abs(x) - hw, np.abs(y) - hh
+    return np.hypot(np.maximum(qx, 0), np.maximum(qy, 0)) + np.minimum(np.maximum(qx, qy), 0)
+
+
+def _triangle(x: np.ndarray, y: np.ndarray, r: np.ndarray) -> np.ndarray:
+    # Exact signed distance to an upward equilateral triangle of half-side r (Inigo Quilez's formula).
+    k = np.sqrt(3.0)
+    px, py = np.abs(x) - r, -y + r / k
+    fold = px + k * py > 0
+    px, py = np.where(fold, (px - k * py) / 2, px), np.where(fold, (-k * px - py) / 2, py)
+    px = px - np.clip(px, -2 * r, 0)
+    return -np.hypot(px, py) * np.sign(py)
+
+
+# Signed distance (pixels, negative inside) of each shape of radius r centred at 0; all fit in about r.
+_SHAPE_SDFS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = {
+    "circle": lambda x, y, r: np.hypot(x, y) - r,
+    "square": lambda x, y, r: _box(x, y, 0.85 * r, 0.85 * r),
+    "triangle": lambda x, y, r: _triangle(x, y - 0.27 * r, 0.95 * r),  # shifted so its bounding box is centred
+    # Arms wide enough that a thick outline still leaves a hollow centre.
+    "cross": lambda x, y, r: np.minimum(_box(x, y, r, 0.42 * r), _box(x, y, 0.42 * r, r)),
+}
+SHAPES = tuple(_SHAPE_SDFS)
+_SPLIT_STREAMS = {"train_a": 0, "train_b": 1, "test": 2}
+
+
+def _render_shapes(u: np.ndarray, size: int, outline: bool) -> np.ndarray:
+    """Render scenes from rows of uniforms (shape, x, y, size, hue) to uint8 (N, 3, size, size)."""
+    shape = (u[:, 0] * len(SHAPES)).astype(int)
+    u = u.astype(np.float32)  # float64 pixel arithmetic would double the build time
+    r = size * (0.2 + 0.12 * u[:, 3, None, None])
+    margin = 1.1 * r + 1
+    grid = np.arange(size, dtype=np.float32) + 0.5
+    x = grid[None, None, :] - (margin + u[:, 1, None, None] * (size - 2 * margin))
+    y = grid[None, :, None] - (margin + u[:, 2, None, None] * (size - 2 * margin))
+    sdf = np.empty((len(u), size, size), np.float32)
+    for k, shape_sdf in enumerate(_SHAPE_SDFS.values()):
+        sdf[shape == k] = shape_sdf(x[shape == k], y[shape == k], r[shape == k])
+    if outline:
+        # The band lies inside the filled shape's edge, so both styles share the same silhouette.
+        width = max(1.5, size / 16)
+        sdf = np.abs(sdf + width / 2) - width / 2
+    alpha = np.clip(0.5 - sdf, 0, 1)[:, None]  # one-pixel linear ramp: cheap antialiasing
+    colour = _hsv_to_rgb(u[:, 4], 1.0, 0.55) if outline else _hsv_to_rgb(u[:, 4], 0.75, 1.0)
+    background = np.float32(0.9 if outline else 0.1)
+    image = background + (colour[:, :, None, None].astype(np.float32) - background) * alpha
+    return np.rint(image * 255).astype(np.uint8)
+
+
+def _shape_domain(seed: int, split: str, count: int, size: int, outline: bool) -> ArrayImages:
+    # Row i of a (count, 5) draw does not depend on count, so item i is a function of (seed, split, i) only.
+    u = np.random.default_rng([seed, _SPLIT_STREAMS[split]]).random((count, 5))
+    chunk = max(1, 2**21 // size**2)  # bounds the float temporaries at large image sizes
+    images = np.concatenate([_render_shapes(u[i : i + chunk], size, outline) for i in range(0, count, chunk)])
+    return ArrayImages(torch.from_numpy(images), torch.from_numpy((u[:, 0] * len(SHAPES)).astype(np.int64)), size, 3)
+
+
+def synthetic(
+    image_size: Annotated[int, Field(ge=8)] = 32,
+    train_size: PositiveInt = 4000,
+    test_size: PositiveInt = 256,
+    seed: Annotated[int, Field(ge=0)] = 0,
+) -> DomainData:
+    """Generated shapes, no files needed: A = filled bright shape on dark, B = thick dark outline on light.
+
+    Each scene is a circle, square, triangle or cross with random position, size and hue (label = shape
+    index). Domain B draws the same scene as an outline in a darker, fully saturated shade of A's hue. Train A
+    and train B are different random scenes (unpaired); ``test_a[i]`` and ``test_b[i]`` are the same scene.
+    """
+    return DomainData(
+        train_a=_shape_domain(seed, "train_a", train_size, image_size, outline=False),
+        train_b=_shape_domain(seed, "train_b", train_size, image_size, outline=True),
+        test_a=_shape_domain(seed, "test", test_size, image_size, outline=False),
+        test_b=_shape_domain(seed, "test", test_size, image_size, outline=True),
+        channels=(3, 3),
+        image_size=image_size,
+        paired_test=True,
+        num_classes=len(SHAPES),
+    )
+
+
+# ------------------------------------------------------------------------------------------ image folders
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# What PIL raises on truncated or non-image files (some decoders raise SyntaxError or ValueError).
+_UNREADABLE = (OSError, SyntaxError, ValueError)
+
+
+def _layout(root: Path) -> str:
+    return f"expected the CycleGAN layout {root}/{{trainA,trainB,testA,testB}}/ of {'/'.join(IMAGE_SUFFIXES)} files"
+
+
+def _image_files(folder: Path, root: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} not found: {_layout(root)}")
+    # Sorting by stem lines up paired folders whose extensions differ (facades: 0001.jpg <-> 0001.png).
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: (p.stem, p.name))
+    if not files:
+        raise ValueError(f"{folder} holds no image files: {_layout(root)}")
+    return files
+
+
+def _load_image(path: Path, mode: str) -> Image.Image:
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("P", "PA") or "transparency" in image.info:
+            image = image.convert("RGBA")  # palette transparency must go through RGBA to convert cleanly
+        return image.convert(mode)  # convert() decodes fully, so truncated files fail here, not later
+
+
+class ImageFiles(Dataset):
+    """Image files served as ``(transform(image), -1)``; unreadable files are skipped or raise."""
+
+    def __init__(self, paths: Sequence[Path], transform: Callable, mode: str, bad_files: str = "skip") -> None:
+        self.paths, self.transform, self.mode, self.bad_files = list(paths), transform, mode, bad_files
+        self._bad: set[int] = set()
+
+    @property
+    def skipped(self) -> int:
+        """Number of unreadable files met so far (in this process: DataLoader workers keep their own count)."""
+        return len(self._bad)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        for step in range(len(self.paths)):
+            i = (index + step) % len(self.paths)
+            if i in self._bad:
+                continue
+            try:
+                image = _load_image(self.paths[i], self.mode)
+            except _UNREADABLE as error:
+                if self.bad_files == "error":
+                    raise ValueError(f"cannot read image {self.paths[i]}: {error}") from error
+                self._bad.add(i)
+                continue
+            return self.transform(image), -1
+        raise ValueError(f"none of the {len(self.paths)} files in {self.paths[0].parent} is a readable image")
+
+
+def _folder_transform(image_size: int, load_size: int, crop: str, flip: bool, channels: int, train: bool) -> T.Compose:
+    if crop == "none":
+        ops: list[Callable] = [T.Resize((image_size, image_size), T.InterpolationMode.BICUBIC)]
+    else:
+        cropper = T.RandomCrop if train and crop == "random" else T.CenterCrop
+        ops = [T.Resize(load_size, T.InterpolationMode.BICUBIC), cropper(image_size)]
+    if train and flip:
+        ops.append(T.RandomHorizontalFlip())
+    return T.Compose([*ops, T.ToTensor(), T.Normalize([0.5] * channels, [0.5] * channels)])
+
+
+def unpaired_folders(
+    root: str,
+    image_size: PositiveInt = 256,
+    load_size: Annotated[int, Field(ge=0)] = 0,
+    crop: Literal["random", "center", "none"] = "random",
+    flip: bool = True,
+    channels: Literal[1, 3] = 3,
+    bad_files: Literal["skip", "error"] = "skip",
+    paired_test: Literal["auto", "yes", "no"] = "auto",
+) -> DomainData:
+    """Image folders in the CycleGAN layout root/trainA, trainB, testA, testB (any size, png/jpg/bmp/webp).
+
+    Images are resized so the shorter side is ``load_size`` (0: ``image_size``) and cropped to ``image_size``
+    (random crop in train with ``crop="random"``, centre crop otherwise); ``crop="none"`` instead squashes the
+    whole image to image_size x image_size in train and test. Train images are flipped at random if ``flip``.
+    Test items are aligned by file stem. ``paired_test="auto"`` calls the test set paired when testA and testB
+    hold the same stems (as in maps, facades); set ``"no"`` for unpaired sets that merely share file names
+    (cifar_cat2dog numbers both folders 0000...), or ``"yes"`` to insist on pairs.
+    """
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise FileNotFoundError(f"dataset folder {base} not found: {_layout(base)}")
+    load_size = load_size or image_size
+    if load_size < image_size:
+        raise ValueError(
+            f"load_size {load_size} is smaller than image_size {image_size}: the crop needs load_size >= image_size"
+        )
+    if crop == "none" and load_size != image_size:
+        raise ValueError("load_size has no effect with crop='none' (images are resized to image_size); drop it")
+    files = {split: _image_files(base / split, base) for split in ("trainA", "trainB", "testA", "testB")}
+    same_stems = [p.stem for p in files["testA"]] == [p.stem for p in files["testB"]]
+    if paired_test == "yes" and not same_stems:
+        raise ValueError(f"paired_test='yes' but {base}/testA and {base}/testB do not hold the same file stems")
+    mode = "RGB" if channels == 3 else "L"
+
+    def domain(split: str, train: bool) -> ImageFiles:
+        transform = _folder_transform(image_size, load_size, crop, flip, channels, train)
+        return ImageFiles(files[split], transform, mode, bad_files)
+
+    return DomainData(
+        train_a=domain("trainA", True),
+        train_b=domain("trainB", True),
+        test_a=domain("testA", False),
+        test_b=domain("testB", False),
+        channels=(channels, channels),
+        image_size=image_size,
+        paired_test=same_stems and paired_test != "no",
+    )
+
+
+# ------------------------------------------------------------------------------------------------- digits
+
+_MNIST_RAW = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+# The torchvision loader of each digit set and the files it reads under root/<name>.
+_DIGITS: dict[str, tuple[type[Dataset], list[str]]] = {
+    "mnist": (MNIST, [f"MNIST/raw/{f}" for f in _MNIST_RAW]),
+    "usps": (USPS, ["usps.bz2", "usps.t.bz2"]),
+    "svhn": (SVHN, ["train_32x32.mat", "test_32x32.mat"]),
+}
+
+
+def digit_domain(
+    name: Literal["mnist", "usps", "svhn"], root: str | Path, train: bool, image_size: int, channels: int
+) -> ArrayImages:
+    """One split of a torchvision digit set found under ``root/<name>`` (never downloaded), labels 0-9."""
+    loader, files = _DIGITS[name]
+    folder = Path(root).expanduser() / name
+    expected = [folder / f for f in files]
+    if not all(p.is_file() for p in expected):
+        raise FileNotFoundError(
+            f"{loader.__name__} not found under {folder}: expected {', '.join(map(str, expected))}; unitkit never"
+            f" downloads data, so fetch it yourself"
+            f" (e.g. torchvision.datasets.{loader.__name__}('{folder}', download=True))"
+        )
+    if loader is SVHN:
+        try:
+            ds = SVHN(str(folder), split="train" if train else "test", download=False)
+        except ImportError as error:
+            raise ImportError("reading SVHN's .mat files needs scipy: pip install scipy") from error
+        data, labels = ds.data, ds.labels
+    else:
+        ds = loader(str(folder), train=train, download=False)
+        data, labels = ds.data, ds.targets
+    images = torch.as_tensor(np.asarray(data))
+    images = images[:, None] if images.ndim == 3 else images  # grayscale sets come as (N, h, w)
+    return ArrayImages(images, torch.as_tensor(np.asarray(labels)), image_size, channels)
+
+
+def _digit_pair(root: str, a: str, b: str, image_size: int, channels: tuple[int, int]) -> DomainData:
+    return DomainData(
+        train_a=digit_domain(a, root, True, image_size, channels[0]),
+        train_b=digit_domain(b, root, True, image_size, channels[1]),
+        test_a=digit_domain(a, root, False, image_size, channels[0]),
+        test_b=digit_domain(b, root, False, image_size, channels[1]),
+        channels=channels,
+        image_size=image_size,
+        num_classes=10,
+    )
+
+
+def mnist_usps(
+    root: str, source: Literal["mnist", "usps"] = "mnist", image_size: PositiveInt = 32, channels: Literal[1, 3] = 1
+) -> DomainData:
+    """MNIST <-> USPS digits (A = source, B = the other) from root/mnist and root/usps; labels are the digits.
+
+    Both are resized bilinearly to image_size (MNIST 28 -> 32, USPS 16 -> 32 by default). Never downloads.
+    """
+    target = "usps" if source == "mnist" else "mnist"
+    return _digit_pair(root, source, target, image_size, (channels, channels))
+
+
+def svhn_mnist(root: str, image_size: PositiveInt = 32) -> DomainData:
+    """SVHN -> MNIST digits (A = SVHN from root/svhn, B = MNIST from root/mnist in 3 channels); labels are digits.
+
+    SVHN is read from torchvision's .mat files (needs scipy). Never downloads.
+    """
+    return _digit_pair(root, "svhn", "mnist", image_size, (3, 3))
+
+
+__all__ = ["ArrayImages", "ImageFiles", "digit_domain", "mnist_usps", "svhn_mnist", "synthetic", "unpaired_folders"]

@@ -1,0 +1,219 @@
+"""Checkpoints: one safetensors file holding weights, optimiser state, schedulers, step, RNG and the recipe.
+
+Nothing is unpickled: tensors go through safetensors, everything else through JSON in the file's metadata.
+Shared weights are stored once (under their first name) and re-tied on load by the model's own structure.
+Writes are atomic: a temporary file in the same folder, flushed and fsynced, then renamed over the target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
+from torch import nn
+
+FORMAT = "unitkit-checkpoint/1"
+_NAME = re.compile(r"^step_(\d+)\.safetensors$")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read, or that does not fit the model it is loaded into."""
+
+
+@dataclass
+class Checkpoint:
+    """The parts of a checkpoint file, as read back."""
+
+    step: int
+    recipe_toml: str
+    data_info: dict[str, Any]
+    model_state: dict[str, torch.Tensor]
+    optimizers: dict[str, dict[str, Any]]
+    schedulers: dict[str, dict[str, Any]]
+    rng: dict[str, Any]
+    path: Path
+
+
+def unique_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's state dict with each shared tensor kept once, under the first name it appears with."""
+    seen: set[tuple[int, int]] = set()
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in module.state_dict(keep_vars=False).items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset()) if tensor.numel() else (id(tensor), 0)
+        if key in seen:
+            continue
+        seen.add(key)
+        out[name] = tensor.detach().contiguous().cpu()
+    return out
+
+
+def _optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{prefix}/{index}/{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, json.dumps({"param_groups": state["param_groups"], "scalars": scalars})
+
+
+def _optimizer_state(prefix: str, tensors: dict[str, torch.Tensor], meta: str) -> dict[str, Any]:
+    info = json.loads(meta)
+    state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        if name.startswith(prefix + "/"):
+            index, key = name[len(prefix) + 1 :].split("/", 1)
+            state.setdefault(int(index), {})[key] = tensor
+    for index, values in info["scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    return {"state": state, "param_groups": info["param_groups"]}
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], str]:
+    """The torch (CPU and CUDA), numpy and Python RNG states, as tensors and JSON."""
+    tensors = {"rng/torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{i}"] = state
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    tensors["rng/numpy"] = torch.from_numpy(keys.astype(np.int64))
+    version, internal, py_gauss = random.getstate()
+    meta = {"numpy": [kind, pos, has_gauss, gauss], "python": [version, list(internal), py_gauss]}
+    return tensors, json.dumps(meta)
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], meta: str) -> None:
+    info = json.loads(meta)
+    torch.set_rng_state(tensors["rng/torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng/cuda/"))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    kind, pos, has_gauss, gauss = info["numpy"]
+    np.random.set_state((kind, tensors["rng/numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, py_gauss = info["python"]
+    random.setstate((version, tuple(internal), py_gauss))
+
+
+def checkpoint_path(folder: Path, step: int) -> Path:
+    return Path(folder) / f"step_{step:09d}.safetensors"
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints in ``folder``, oldest first (temporary files of an interrupted write are ignored)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(
+    folder: Path,
+    step: int,
+    model: nn.Module,
+    optimizers: dict[str, torch.optim.Optimizer],
+    schedulers: dict[str, Any],
+    recipe_toml: str,
+    data_info: dict[str, Any],
+    keep: int = 3,
+) -> Path:
+    """Write a checkpoint atomically and delete all but the ``keep`` newest ones."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model/{k}": v for k, v in unique_state(model).items()}
+    metadata = {"format": FORMAT, "step": str(step), "recipe": recipe_toml, "data": json.dumps(data_info)}
+    for name, optimizer in optimizers.items():
+        opt_tensors, opt_meta = _optimizer_tensors(f"optim/{name}", optimizer)
+        tensors.update(opt_tensors)
+        metadata[f"optim/{name}"] = opt_meta
+    metadata["schedulers"] = json.dumps({name: s.state_dict() for name, s in schedulers.items()})
+    rng_tensors, metadata["rng"] = rng_state()
+    tensors.update(rng_tensors)
+
+    target = checkpoint_path(folder, step)
+    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        payload = save_bytes(tensors, metadata=metadata)
+        with temporary.open("wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"could not write checkpoint {target}: {exc.strerror or exc}; earlier checkpoints are intact"
+        ) from exc
+    for old in list_checkpoints(folder)[:-keep]:
+        old.unlink(missing_ok=True)
+    return target
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """Read a checkpoint file; anything that is not a complete unitkit checkpoint raises CheckpointError."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path}") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    try:
+        tensors = load_bytes(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        metadata = json.loads(raw[8 : 8 + header_len]).get("__metadata__", {})
+    except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (truncated or another format): {exc}"
+        ) from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is a safetensors file but not a unitkit checkpoint (format {metadata.get('format')!r})"
+        )
+    optimizers = {
+        key.split("/", 1)[1]: _optimizer_state(key, tensors, value)
+        for key, value in metadata.items()
+        if key.startswith("optim/")
+    }
+    rng = {"tensors": {k: v for k, v in tensors.items() if k.startswith("rng/")}, "meta": metadata["rng"]}
+    return Checkpoint(
+        step=int(metadata["step"]),
+        recipe_toml=metadata["recipe"],
+        data_info=json.loads(metadata["data"]),
+        model_state={k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")},
+        optimizers=optimizers,
+        schedulers=json.loads(metadata["schedulers"]),
+        rng=rng,
+        path=path,
+    )
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Copy checkpoint weights into ``model``; a different architecture raises, listing mismatched tensors."""
+    expected = {k: tuple(v.shape) for k, v in unique_state(model).items()}
+    given = {k: tuple(v.shape) for k, v in state.items()}
+    problems = [f"missing {k} {s}" for k, s in expected.items() if k not in given]
+    problems += [f"unexpected {k} {s}" for k, s in given.items() if k not in expected]
+    problems += [
+        f"{k}: checkpoint {given[k]} vs model {s}" for k, s in expected.items() if k in given and given[k] != s
+    ]
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise CheckpointError(f"{source} was saved from a different architecture: {shown}")
+    with torch.no_grad():
+        own = model.state_dict(keep_vars=True)
+        for name, tensor in state.items():
+            own[name].copy_(tensor)

@@ -1,0 +1,277 @@
+"""The ``unitkit`` command line: run recipes, list plugins, inspect recipes, translate images.
+
+Exit codes: 0 success; 1 a runtime failure (data, checkpoint, device); 2 a recipe or usage error.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from unitkit.plugins import PluginSet, load_plugins
+from unitkit.recipe import RecipeError, load_recipe
+from unitkit.registry import KIND_LABELS, RegistryError
+
+console = Console()
+errors = Console(stderr=True)
+
+
+class UnitkitError(Exception):
+    """A runtime failure with a message for the user (exit code 1)."""
+
+
+def _fail(message: str, code: int) -> None:
+    for line in str(message).splitlines() or [""]:
+        errors.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn known failures into one red line and an exit code instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (RecipeError, RegistryError) as exc:
+            _fail(str(exc), 2)
+        except (UnitkitError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+            _fail(str(exc), 1)
+
+    return wrapper
+
+
+def plugins_with_warnings() -> PluginSet:
+    """Load plugins; report each failed plugin as a one-line warning and carry on."""
+    plugins = load_plugins()
+    for failure in plugins.failures:
+        errors.print(
+            f"[yellow]warning:[/] {escape(str(failure))}; run `unitkit list-plugins` for details", highlight=False
+        )
+    return plugins
+
+
+set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a recipe value with a dotted key, e.g. --set train.iterations=200 (repeatable).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="unitkit")
+def main() -> None:
+    """unitkit: unsupervised image-to-image translation (UNIT) with pluggable components.
+
+    \b
+    Examples:
+      unitkit run recipes/quickstart.toml
+      unitkit show recipes/cats.toml --set train.batch_size=4
+      unitkit list-plugins
+    """
+
+
+@main.command("list-plugins")
+def list_plugins() -> None:
+    """List every registered component, the plugin and package that provided it, and failed plugins.
+
+    \b
+    Example:
+      unitkit list-plugins
+    Set UNITKIT_DISABLE_PLUGIN_AUTOLOAD=1 to load only the built-in components.
+    """
+    plugins = load_plugins()
+    table = Table(title="unitkit components", show_lines=False)
+    for column in ("registry", "name", "plugin", "package", "version", "status", "description"):
+        table.add_column(column, overflow="fold")
+    for registry in plugins.registries:
+        for entry in registry:
+            p = entry.provider
+            table.add_row(
+                KIND_LABELS[registry.kind],
+                entry.name,
+                p.plugin,
+                p.package,
+                p.version,
+                "[green]ok[/]",
+                escape(entry.summary),
+            )
+    for failure in plugins.failures:
+        table.add_row("-", "-", failure.plugin, failure.package, "", "[red]failed[/]", escape(failure.error))
+    console.print(table)
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@set_option
+@click.option("--ablation", default="", help="Apply the recipe's [ablations.NAME] table first.")
+@friendly_errors
+def show(recipe: Path, overrides: tuple[str, ...], ablation: str) -> None:
+    """Validate RECIPE and print it resolved (defaults filled in) with the model's parameter counts.
+
+    \b
+    Examples:
+      unitkit show recipes/quickstart.toml
+      unitkit show recipes/cats.toml --set model.sharing.kind=none
+      unitkit show recipes/cats.toml --ablation no-sharing
+    """
+    from unitkit.model import build_model, parameter_report
+
+    plugins = plugins_with_warnings()
+    resolved = load_recipe(recipe, plugins.registries, overrides, ablation)
+    console.print(f"[bold]# {resolved.name}[/]" + (f" (ablation {ablation})" if ablation else ""), highlight=False)
+    console.print(resolved.to_toml(), markup=False, highlight=False)
+    channels = resolved.data.settings.get("channels", 3)
+    channels = (channels, channels) if isinstance(channels, int) else (3, 3)
+    model = build_model(resolved, plugins.registries, channels)
+    report = parameter_report(model)
+    table = Table(title=f"parameters (images of {channels[0]} channels)")
+    table.add_column("network")
+    table.add_column("parameters", justify="right")
+    for name, count in report.per_network.items():
+        table.add_row(name, f"{count:,}")
+    table.add_row("shared by E/G of both domains", f"{report.shared_generator:,}")
+    table.add_row("shared by D_a and D_b", f"{report.shared_discriminator:,}")
+    table.add_row("[bold]E+G total (shared once)", f"{report.generator_total:,}")
+    table.add_row("[bold]D total (shared once)", f"{report.discriminator_total:,}")
+    console.print(table)
+
+
+def _run_dir(out: Path | None, name: str, ablation: str) -> Path:
+    return out if out is not None else Path("runs") / (f"{name}-{ablation}" if ablation else name)
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    if resume:
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RecipeError(
+                f"run directory {run_dir} exists; pass --resume to continue it, --overwrite to replace it, "
+                "or --out to choose another"
+            )
+        if not (run_dir / "recipe.toml").exists():
+            raise RecipeError(
+                f"--overwrite: {run_dir} does not look like a unitkit run (no recipe.toml); not deleting it"
+            )
+        import shutil
+
+        shutil.rmtree(run_dir)
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@set_option
+@click.option("--ablation", default="", help="Run the recipe's [ablations.NAME] variant.")
+@click.option(
+    "--all-ablations", is_flag=True, help="Run the base recipe and every ablation, each in its own run directory."
+)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory [default: runs/NAME].")
+@click.option("--resume", is_flag=True, help="Continue the run in the run directory from its latest checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@friendly_errors
+def run(
+    recipe: Path,
+    overrides: tuple[str, ...],
+    ablation: str,
+    all_ablations: bool,
+    out: Path | None,
+    resume: bool,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    """Train the UNIT model described by RECIPE.
+
+    Writes RUN_DIR/recipe.toml (resolved), log.jsonl, samples/, losses.png, checkpoints/ and index.html
+    (open it in a browser to follow the run). Ctrl-C saves a checkpoint; --resume continues from it.
+
+    \b
+    Examples:
+      unitkit run recipes/quickstart.toml
+      unitkit run recipes/cats.toml --set data.root=/data/cats --set train.batch_size=4
+      unitkit run recipes/cats.toml --ablation no-sharing
+      unitkit run recipes/quickstart.toml --out runs/qs --resume
+    """
+    from unitkit.recipe import ablation_names
+    from unitkit.train import train
+
+    if all_ablations and ablation:
+        raise RecipeError("use --ablation NAME or --all-ablations, not both")
+    plugins = plugins_with_warnings()
+    variants = [""] + ablation_names(recipe) if all_ablations else [ablation]
+    # Validate every variant before the first one trains, so a typo in the last ablation costs nothing.
+    recipes = [load_recipe(recipe, plugins.registries, overrides, name) for name in variants]
+    if all_ablations and out is not None:
+        run_dirs = [out / (name or "base") for name in variants]
+    else:
+        run_dirs = [_run_dir(out, r.name, r.ablation) for r in recipes]
+    for run_dir in run_dirs:
+        _prepare_run_dir(run_dir, resume, overwrite)
+    for resolved, run_dir in zip(recipes, run_dirs, strict=True):
+        label = resolved.name + (f" [{resolved.ablation}]" if resolved.ablation else "")
+        console.print(f"[bold]unitkit run[/] {escape(label)} → {escape(str(run_dir))}", highlight=False)
+        result = _train_or_fail(train, resolved, plugins, run_dir, resume, quiet)
+        if result.interrupted:
+            console.print(
+                f"[yellow]interrupted[/] at iteration {result.step:,}; checkpoint saved to {result.checkpoint}\n"
+                f"resume with: unitkit run {recipe} --out {run_dir} --resume",
+                highlight=False,
+            )
+            sys.exit(130)
+        console.print(
+            f"[green]done[/] {result.step:,} iterations in {result.seconds:.0f} s; open {run_dir / 'index.html'}",
+            highlight=False,
+        )
+
+
+def _train_or_fail(
+    train: Callable[..., Any], recipe: Any, plugins: PluginSet, run_dir: Path, resume: bool, quiet: bool
+):
+    from unitkit.checkpoint import CheckpointError
+    from unitkit.train import TrainingError
+
+    try:
+        return train(recipe, plugins.registries, run_dir, resume=resume, console=console, show_progress=not quiet)
+    except (TrainingError, CheckpointError) as exc:
+        raise UnitkitError(str(exc)) from exc
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
+@click.argument("output_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--direction", type=click.Choice(["a2b", "b2a"]), required=True, help="Translate A→B or B→A.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@friendly_errors
+def translate(checkpoint: Path, input_path: Path, output_dir: Path, direction: str, device: str) -> None:
+    """Translate an image file, or every image in a folder, with a trained CHECKPOINT.
+
+    Images keep their size and file name; sides the network cannot take are padded (or resized) and restored.
+
+    \b
+    Examples:
+      unitkit translate runs/quickstart/checkpoints/step_000002000.safetensors photos/ out/ --direction a2b
+      unitkit translate run.safetensors cat.png out/ --direction b2a --device cpu
+    """
+    from unitkit.checkpoint import CheckpointError
+    from unitkit.train import TrainingError, resolve_device
+    from unitkit.translate import load_trained_model, translate_path
+
+    plugins = plugins_with_warnings()
+    try:
+        model, state = load_trained_model(checkpoint, plugins.registries, resolve_device(device))
+        written = translate_path(model, state.data_info, input_path, output_dir, direction)
+    except (CheckpointError, TrainingError, ValueError) as exc:
+        raise UnitkitError(str(exc)) from exc
+    console.print(f"[green]translated[/] {len(written)} image(s) {direction} into {output_dir}", highlight=False)

@@ -1,0 +1,180 @@
+"""The interfaces every component implements, built-in or from a plugin.
+
+A component is any callable registered under a name: usually a class whose ``__init__`` keyword arguments are
+its recipe settings. The recipe validator reads those arguments (names, type hints, defaults, and
+``pydantic.Field`` constraints in ``Annotated`` hints), so a component's signature *is* its schema.
+
+Arguments that unitkit supplies itself, rather than the recipe, are listed per registry in
+:data:`unitkit.registry.PROVIDED_ARGUMENTS` (for example an encoder's ``in_channels``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+
+class Backbone(nn.Module):
+    """A network that is an ordered list of blocks applied one after another.
+
+    Weight sharing works on blocks: a sharing strategy ties block ``i`` of one domain's network to block ``i``
+    of the other's by putting the same module object in both lists. Subclasses fill ``self.blocks``.
+    """
+
+    blocks: nn.ModuleList
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class EncoderBackbone(Backbone):
+    """Maps an image (N, in_channels, H, W) to the mean of q(z|x), a latent tensor (N, latent_channels, h, w).
+
+    Subclasses set ``latent_channels`` (what the generator is built for) and ``size_multiple`` (image sides
+    must be divisible by it, e.g. ``2 ** downsamplings``; ``translate`` pads inputs to it). An encoder that takes
+    one image size only sets ``fixed_size``.
+    """
+
+    latent_channels: int
+    size_multiple: int = 1
+    #: Non-zero when the encoder takes only images of exactly this side (``translate`` resizes to it).
+    fixed_size: int = 0
+
+
+class GeneratorBackbone(Backbone):
+    """Maps a latent tensor (N, latent_channels, h, w) to an image (N, out_channels, H, W) in [-1, 1]."""
+
+
+class Discriminator(nn.Module):
+    """Scores images as real or fake.
+
+    ``forward`` returns a list of logit tensors (one per scale; a single-scale discriminator returns a list of
+    one). ``trunk`` names, as dotted attribute paths, the sub-modules that discriminator sharing ties between
+    the two domains. A discriminator with a classifier head sets ``num_classes`` and implements ``classify``.
+    """
+
+    trunk: tuple[str, ...] = ()
+    num_classes: int = 0
+
+    def forward(self, x: Tensor) -> list[Tensor]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def classify(self, x: Tensor) -> Tensor:
+        """Class logits (N, num_classes) for images x; only for discriminators with a classifier head."""
+        raise NotImplementedError(f"{type(self).__name__} has no classifier head")
+
+
+class GANLoss:
+    """An adversarial loss over discriminator logits (one tensor; the objective sums over scales)."""
+
+    def discriminator(self, real: Tensor, fake: Tensor) -> Tensor:  # pragma: no cover - interface
+        """Loss the discriminator minimises, given its logits on real and on generated images."""
+        raise NotImplementedError
+
+    def generator(self, fake: Tensor) -> Tensor:  # pragma: no cover - interface
+        """Loss the generator minimises, given the discriminator's logits on generated images."""
+        raise NotImplementedError
+
+
+@dataclass
+class DomainData:
+    """What a dataset factory returns: train and test sets of the two domains, A (X1) and B (X2).
+
+    Every item of the four datasets is ``(image, label)``: a float tensor (C, H, W) in [-1, 1] and an int class
+    label (-1 where the dataset has none). ``paired_test`` says that ``test_a[i]`` and ``test_b[i]`` show the
+    same content in the two domains (a ground-truth translation), which pixel accuracy needs.
+    """
+
+    train_a: Dataset
+    train_b: Dataset
+    test_a: Dataset
+    test_b: Dataset
+    channels: tuple[int, int]
+    image_size: int
+    paired_test: bool = False
+    num_classes: int = 0
+
+
+class Logger:
+    """Receives a run's scalars and the paths of images it wrote. Constructed with ``run_dir``."""
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def log_image(self, step: int, name: str, path: str) -> None:
+        """Called after an image (a sample grid) was written to ``path``; loggers may ignore it."""
+
+    def close(self) -> None:
+        """Flush and release whatever the logger holds."""
+
+
+def tie_blocks(source: Backbone, target: Backbone, indices: range | list[int]) -> None:
+    """Make ``target.blocks[i]`` the very module ``source.blocks[i]`` for each i (shared Parameter objects).
+
+    Raises ValueError when a block's parameter shapes differ between the two backbones, since tying them
+    would silently change ``target``'s architecture.
+    """
+    for i in indices:
+        a, b = source.blocks[i], target.blocks[i]
+        shapes_a = [tuple(p.shape) for p in a.parameters()]
+        shapes_b = [tuple(p.shape) for p in b.parameters()]
+        if shapes_a != shapes_b:
+            raise ValueError(
+                f"cannot share block {i} of {type(source).__name__}: its parameter shapes differ between the "
+                f"domains ({shapes_a} vs {shapes_b})"
+            )
+        target.blocks[i] = a
+
+
+def tie_submodule(source: nn.Module, target: nn.Module, path: str) -> None:
+    """Make the sub-module of ``target`` at dotted ``path`` the very module found at ``path`` in ``source``."""
+    *parents, leaf = path.split(".")
+    for part in parents:
+        source, target = source.get_submodule(part), target.get_submodule(part)
+    setattr(target, leaf, getattr(source, leaf))
+
+
+def count_parameters(*modules: nn.Module) -> int:
+    """Number of distinct parameters across modules (a tensor tied into several modules counts once)."""
+    seen: dict[int, int] = {}
+    for module in modules:
+        for p in module.parameters():
+            seen[id(p)] = p.numel()
+    return sum(seen.values())
+
+
+def init_weights(module: nn.Module, scheme: str = "kaiming") -> None:
+    """Initialise conv and linear layers as the reference UNIT code does.
+
+    ``"kaiming"`` (its generators): Kaiming-normal weights, fan-in. ``"gaussian"`` (its discriminators):
+    N(0, 0.02). Biases start at 0 in both.
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            if scheme == "kaiming":
+                nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
+            elif scheme == "gaussian":
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            else:
+                raise ValueError(f"unknown init scheme {scheme!r}; use 'kaiming' or 'gaussian'")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+__all__ = [
+    "Backbone",
+    "EncoderBackbone",
+    "GeneratorBackbone",
+    "Discriminator",
+    "GANLoss",
+    "DomainData",
+    "Logger",
+    "count_parameters",
+    "tie_blocks",
+    "tie_submodule",
+    "init_weights",
+]

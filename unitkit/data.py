@@ -1,0 +1,61 @@
+"""Feeding a run: an endless, resumable stream of batches from each domain, and the fixed sample images."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+
+class ResumableBatches(torch.utils.data.Sampler[list[int]]):
+    """Endless batches of indices: a fresh permutation per epoch, fixed by (seed, epoch).
+
+    Because the order is a function of the seed alone, a run resumed at iteration ``start`` draws exactly the
+    batches the uninterrupted run would have drawn, without storing sampler state.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, start: int = 0) -> None:
+        if size == 0:
+            raise ValueError("the dataset is empty")
+        self.size, self.batch_size, self.seed, self.start = size, batch_size, seed, start
+
+    def _epoch(self, epoch: int) -> Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.size, generator=generator)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        position = self.start * self.batch_size
+        epoch, offset = divmod(position, self.size)
+        order = self._epoch(epoch)
+        while True:
+            batch = []
+            while len(batch) < self.batch_size:
+                if offset == self.size:
+                    epoch, offset = epoch + 1, 0
+                    order = self._epoch(epoch)
+                take = min(self.batch_size - len(batch), self.size - offset)
+                batch.extend(order[offset : offset + take].tolist())
+                offset += take
+            yield batch
+
+
+def endless_images(
+    dataset: Dataset, batch_size: int, seed: int, start: int, num_workers: int, pin_memory: bool
+) -> Iterator[Tensor]:
+    """Yield image batches forever, beginning where iteration ``start`` of a run with this seed would."""
+    loader = DataLoader(
+        dataset,
+        batch_sampler=ResumableBatches(len(dataset), batch_size, seed, start),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )
+    for images, _labels in loader:
+        yield images
+
+
+def first_images(dataset: Dataset, count: int) -> Tensor:
+    """The first ``count`` images of a dataset, stacked: the fixed inputs of a run's sample grids."""
+    return torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))])

@@ -1,0 +1,203 @@
+"""The UNIT model: two VAE encoders, two generators and two discriminators over a shared latent space."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from unitkit.components import Discriminator, EncoderBackbone, GeneratorBackbone, count_parameters, tie_submodule
+from unitkit.recipe import Component, Recipe, RecipeError
+from unitkit.registry import Registries
+
+DOMAINS = ("a", "b")
+
+
+class UNIT(nn.Module):
+    """E_a, E_b, G_a, G_b, D_a, D_b, with the sharing strategy already applied.
+
+    Shared blocks are the same module objects in both domains' networks, so ``parameters()`` yields each
+    shared tensor once.
+    """
+
+    def __init__(
+        self,
+        encoders: tuple[EncoderBackbone, EncoderBackbone],
+        generators: tuple[GeneratorBackbone, GeneratorBackbone],
+        discriminators: tuple[Discriminator, Discriminator],
+    ) -> None:
+        super().__init__()
+        self.enc_a, self.enc_b = encoders
+        self.gen_a, self.gen_b = generators
+        self.dis_a, self.dis_b = discriminators
+
+    def encoder(self, domain: str) -> EncoderBackbone:
+        return self.enc_a if domain == "a" else self.enc_b
+
+    def generator(self, domain: str) -> GeneratorBackbone:
+        return self.gen_a if domain == "a" else self.gen_b
+
+    def discriminator(self, domain: str) -> Discriminator:
+        return self.dis_a if domain == "a" else self.dis_b
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        """Encoder and generator parameters, each shared tensor once (what the generator optimiser updates)."""
+        return _unique(self.enc_a, self.enc_b, self.gen_a, self.gen_b)
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        return _unique(self.dis_a, self.dis_b)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be divisible by this (the encoders' total downsampling)."""
+        return max(self.enc_a.size_multiple, self.enc_b.size_multiple)
+
+    def encode_pair(self, x_a: Tensor, x_b: Tensor) -> tuple[Tensor, Tensor]:
+        """Latent means of both domains' images.
+
+        The blocks both encoders share run once on the two batches together (as the authors' code does),
+        which halves their kernel launches; results equal two separate passes for per-sample norms.
+        """
+        first_shared = _first_shared_block(self.enc_a, self.enc_b)
+        h_a, h_b = x_a, x_b
+        for block_a, block_b in zip(self.enc_a.blocks[:first_shared], self.enc_b.blocks[:first_shared], strict=True):
+            h_a, h_b = block_a(h_a), block_b(h_b)
+        if first_shared < len(self.enc_a.blocks) and h_a.shape[1:] == h_b.shape[1:]:
+            h = torch.cat([h_a, h_b])
+            for block in self.enc_a.blocks[first_shared:]:
+                h = block(h)
+            return h[: len(h_a)], h[len(h_a) :]
+        for block_a, block_b in zip(self.enc_a.blocks[first_shared:], self.enc_b.blocks[first_shared:], strict=True):
+            h_a, h_b = block_a(h_a), block_b(h_b)
+        return h_a, h_b
+
+
+def _first_shared_block(a: nn.Module, b: nn.Module) -> int:
+    """Index from which every block of the two backbones is the same module (len(blocks) if none is)."""
+    index = len(a.blocks)
+    while index > 0 and a.blocks[index - 1] is b.blocks[index - 1]:
+        index -= 1
+    return index
+
+
+def _unique(*modules: nn.Module) -> list[nn.Parameter]:
+    seen: dict[int, nn.Parameter] = {}
+    for module in modules:
+        for p in module.parameters():
+            seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+@dataclass(frozen=True)
+class ParameterReport:
+    """Parameter counts per network, counting shared tensors once in totals."""
+
+    per_network: dict[str, int]
+    shared_generator: int
+    shared_discriminator: int
+    generator_total: int
+    discriminator_total: int
+
+
+def parameter_report(model: UNIT) -> ParameterReport:
+    nets = {
+        "E_a": model.enc_a, "E_b": model.enc_b, "G_a": model.gen_a, "G_b": model.gen_b,
+        "D_a": model.dis_a, "D_b": model.dis_b,
+    }  # fmt: skip
+    per = {name: count_parameters(net) for name, net in nets.items()}
+    gen_total = count_parameters(model.enc_a, model.enc_b, model.gen_a, model.gen_b)
+    dis_total = count_parameters(model.dis_a, model.dis_b)
+    return ParameterReport(
+        per_network=per,
+        shared_generator=per["E_a"] + per["E_b"] + per["G_a"] + per["G_b"] - gen_total,
+        shared_discriminator=per["D_a"] + per["D_b"] - dis_total,
+        generator_total=gen_total,
+        discriminator_total=dis_total,
+    )
+
+
+def _construct(registries: Registries, registry_kind: str, component: Component, table: str, **provided: object):
+    factory = registries[registry_kind].get(component.kind).factory
+    try:
+        return factory(**provided, **component.settings)
+    except (ValueError, TypeError) as exc:
+        raise RecipeError(f"[{table}] kind = {component.kind!r}: {exc}") from exc
+
+
+def build_model(
+    recipe: Recipe, registries: Registries, channels: tuple[int, int], num_classes: int = 0, image_size: int = 0
+) -> UNIT:
+    """Build the six networks from a validated recipe and apply its sharing strategy.
+
+    Args:
+        channels: image channels of domains A and B (from the dataset).
+        num_classes: classes of a classifier head on the discriminators (0: none).
+        image_size: when given, one dry forward pass checks that encoder and generator fit together
+            (an image comes back at its own size), so a mismatch is a recipe error before training starts.
+    """
+    encoders = tuple(
+        _construct(registries, "encoders", recipe.encoder, "model.encoder", in_channels=c) for c in channels
+    )
+    latent = encoders[0].latent_channels
+    generators = tuple(
+        _construct(
+            registries, "generators", recipe.generator, "model.generator", out_channels=c, latent_channels=latent
+        )
+        for c in channels
+    )
+    discriminators = tuple(
+        _construct(
+            registries,
+            "discriminators",
+            recipe.discriminator,
+            "model.discriminator",
+            in_channels=c,
+            num_classes=num_classes,
+        )
+        for c in channels
+    )
+    strategy = registries.sharing_strategies.get(recipe.sharing.kind).factory
+    try:
+        strategy(encoders, generators, **recipe.sharing.settings)
+    except ValueError as exc:
+        raise RecipeError(f"[model.sharing] kind = {recipe.sharing.kind!r}: {exc}") from exc
+    if recipe.share_discriminators:
+        trunk = discriminators[0].trunk
+        if not trunk:
+            raise RecipeError(
+                f"[model] share_discriminators = true, but discriminator {recipe.discriminator.kind!r} "
+                "declares no shareable trunk"
+            )
+        for path in trunk:
+            tie_submodule(discriminators[0], discriminators[1], path)
+    model = UNIT(encoders, generators, discriminators)
+    if image_size:
+        check_shapes(model, channels, image_size)
+    return model
+
+
+def check_shapes(model: UNIT, channels: tuple[int, int], image_size: int) -> None:
+    """Run one image per domain through encoder and generator; a size mismatch is a RecipeError."""
+    if image_size % model.size_multiple:
+        raise RecipeError(
+            f"[data] image_size = {image_size} is not divisible by {model.size_multiple}, the encoder's downsampling"
+        )
+    with torch.no_grad():
+        x = [torch.zeros(1, c, image_size, image_size) for c in channels]
+        training = model.training
+        model.eval()
+        try:
+            h_a, h_b = model.encode_pair(*x)
+            for domain, h, c in (("a", h_b, channels[0]), ("b", h_a, channels[1])):
+                out = model.generator(domain)(h)
+                if tuple(out.shape[1:]) != (c, image_size, image_size):
+                    raise RecipeError(
+                        f"[model.generator] produces images of shape {tuple(out.shape[1:])} from a latent of a "
+                        f"{image_size}x{image_size} image; expected {(c, image_size, image_size)}. Match the "
+                        "generator's settings (e.g. downsamplings) to the encoder's"
+                    )
+        except RuntimeError as exc:
+            raise RecipeError(f"[model] encoder, generator and data do not fit together: {exc}") from exc
+        finally:
+            model.train(training)

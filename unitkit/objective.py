@@ -1,0 +1,110 @@
+"""The UNIT objective (Liu et al. 2017, eq. 2-5), term by term.
+
+Paper notation → recipe names: λ0 ``gan``, λ1 ``kl``, λ2 ``recon``, λ3 ``kl_cycle``, λ4 ``cycle``. A weight of
+zero skips the computation its term needs (a decode, an encode, a discriminator pass), not only its value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from unitkit.components import GANLoss
+from unitkit.model import UNIT
+from unitkit.recipe import ObjectiveSettings
+
+ReconstructionLoss = Callable[[Tensor, Tensor], Tensor]
+
+
+def kl_divergence(mean: Tensor) -> Tensor:
+    """KL(N(mean, I) ‖ N(0, I)) up to constants and scale: mean(mean²), as the reference code computes it."""
+    return mean.pow(2).mean()
+
+
+def with_noise(mean: Tensor) -> Tensor:
+    """A sample z = mean + ε, ε ~ N(0, I): the reparameterised draw from q(z|x) with unit variance."""
+    return mean + torch.randn_like(mean)
+
+
+def decode(generator: torch.nn.Module, *latents: Tensor) -> list[Tensor]:
+    """Run one generator on several latent batches in a single pass (fewer, larger kernels)."""
+    sizes = [len(z) for z in latents]
+    return list(generator(torch.cat(latents)).split(sizes))
+
+
+@dataclass
+class Translations:
+    """What one generator-side forward pass computes; entries a zero weight made unnecessary stay None."""
+
+    x_a: Tensor
+    x_b: Tensor
+    h_a: Tensor  # E_a(x_a): mean of q_a(z|x_a)
+    h_b: Tensor
+    ab: Tensor  # G_b(z_a): x_a translated to domain B
+    ba: Tensor
+    recon_a: Tensor | None = None  # G_a(z_a)
+    recon_b: Tensor | None = None
+    h_ab: Tensor | None = None  # E_b(ab): the translation's code, for the cycle terms
+    h_ba: Tensor | None = None
+    aba: Tensor | None = None  # G_a(E_b(ab)): the cycle reconstruction of x_a
+    bab: Tensor | None = None
+
+
+def translate_both(model: UNIT, x_a: Tensor, x_b: Tensor, weights: ObjectiveSettings) -> Translations:
+    """Encode both domains, reconstruct, translate and (when a cycle weight is set) translate back."""
+    h_a, h_b = model.encode_pair(x_a, x_b)
+    z_a, z_b = with_noise(h_a), with_noise(h_b)
+    if weights.recon:
+        recon_a, ba = decode(model.gen_a, z_a, z_b)
+        ab, recon_b = decode(model.gen_b, z_a, z_b)
+    else:
+        (ba,), (ab,) = decode(model.gen_a, z_b), decode(model.gen_b, z_a)
+        recon_a = recon_b = None
+    out = Translations(x_a, x_b, h_a, h_b, ab, ba, recon_a, recon_b)
+    if weights.cycle or weights.kl_cycle:
+        out.h_ba, out.h_ab = model.encode_pair(ba, ab)
+        if weights.cycle:
+            (out.aba,), (out.bab,) = (
+                decode(model.gen_a, with_noise(out.h_ab)),
+                decode(model.gen_b, with_noise(out.h_ba)),
+            )
+    return out
+
+
+def adversarial_generator(gan: GANLoss, logits: list[Tensor]) -> Tensor:
+    return sum((gan.generator(scale) for scale in logits), start=logits[0].new_zeros(()))
+
+
+def adversarial_discriminator(gan: GANLoss, real: list[Tensor], fake: list[Tensor]) -> Tensor:
+    return sum((gan.discriminator(r, f) for r, f in zip(real, fake, strict=True)), start=real[0].new_zeros(()))
+
+
+def discriminator_loss(model: UNIT, t: Translations, gan: GANLoss, weights: ObjectiveSettings) -> Tensor:
+    """λ0·(GAN_a + GAN_b) for the discriminators: real images against detached translations."""
+    loss_a = adversarial_discriminator(gan, model.dis_a(t.x_a), model.dis_a(t.ba.detach()))
+    loss_b = adversarial_discriminator(gan, model.dis_b(t.x_b), model.dis_b(t.ab.detach()))
+    return weights.gan * (loss_a + loss_b)
+
+
+def generator_losses(
+    model: UNIT, t: Translations, gan: GANLoss, reconstruction: ReconstructionLoss, weights: ObjectiveSettings
+) -> dict[str, Tensor]:
+    """Weighted terms of the encoders' and generators' loss, and their sum under ``"total"``."""
+    terms: dict[str, Tensor] = {}
+    if weights.gan:
+        fooled_a = adversarial_generator(gan, model.dis_a(t.ba))
+        fooled_b = adversarial_generator(gan, model.dis_b(t.ab))
+        terms["gan"] = weights.gan * (fooled_a + fooled_b)
+    if weights.kl:
+        terms["kl"] = weights.kl * (kl_divergence(t.h_a) + kl_divergence(t.h_b))
+    if weights.recon:
+        terms["recon"] = weights.recon * (reconstruction(t.recon_a, t.x_a) + reconstruction(t.recon_b, t.x_b))
+    if weights.kl_cycle:
+        terms["kl_cycle"] = weights.kl_cycle * (kl_divergence(t.h_ab) + kl_divergence(t.h_ba))
+    if weights.cycle:
+        terms["cycle"] = weights.cycle * (reconstruction(t.aba, t.x_a) + reconstruction(t.bab, t.x_b))
+    terms["total"] = sum(terms.values(), start=t.h_a.new_zeros(()))
+    return terms

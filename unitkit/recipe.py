@@ -1,0 +1,448 @@
+"""Recipes: TOML files that compose a UNIT run from registered components, validated before anything runs.
+
+A recipe names every component by a table with a ``kind`` key plus that component's settings; the settings a
+kind accepts are read from its factory's signature. The fixed tables (``[train]``, ``[objective]``, ...) are the
+pydantic models below: they are the one place defaults are written. ``[ablations.NAME]`` tables and ``--set``
+hold dotted-key overrides in the same syntax.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect
+import os
+import re
+import typing
+from pathlib import Path
+from typing import Annotated, Any
+
+import pydantic
+import tomli_w
+import tomllib
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+from unitkit.registry import KIND_LABELS, PROVIDED_ARGUMENTS, Registries
+
+#: Environment variable naming the folder of real datasets; recipes write it as ``${UNITKIT_DATA}``.
+DATA_ENV = "UNITKIT_DATA"
+
+
+class RecipeError(Exception):
+    """A mistake in a recipe or an override: the message names the file, table, key and value."""
+
+
+def data_root() -> Path:
+    """Where real datasets live: ``$UNITKIT_DATA``, else ``shared/data`` beside the project checkout."""
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The fixed schema. Every default of a run is written here (component defaults live in component signatures).
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+Weight = Annotated[float, Field(ge=0)]
+Unit = Annotated[float, Field(ge=0, lt=1)]
+
+
+class TrainSettings(BaseModel):
+    """``[train]``: optimisation and bookkeeping. Defaults follow the reference UNIT code's configs."""
+
+    model_config = _STRICT
+    iterations: Positive = Field(1_000_000, description="generator updates in the run")
+    batch_size: Positive = Field(1, description="images per domain per iteration")
+    seed: int = Field(0, description="seeds weights, noise and data order")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto picks CUDA when present")
+    lr: Annotated[float, Field(gt=0)] = Field(1e-4, description="Adam learning rate (both optimisers)")
+    beta1: Unit = 0.5
+    beta2: Unit = 0.999
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    lr_step: NonNegative = Field(100_000, description="multiply lr by lr_gamma every lr_step iterations; 0: constant")
+    lr_gamma: Annotated[float, Field(gt=0, le=1)] = 0.5
+    num_workers: NonNegative = Field(0, description="data-loading worker processes")
+    log_every: Positive = Field(10, description="iterations between logged losses")
+    sample_every: Positive = Field(10_000, description="iterations between sample grids")
+    sample_count: Annotated[int, Field(ge=1, le=64)] = Field(8, description="fixed test images per direction")
+    checkpoint_every: Positive = Field(10_000, description="iterations between checkpoints")
+    keep_checkpoints: Positive = Field(3, description="how many recent checkpoints to keep")
+
+
+class ObjectiveSettings(BaseModel):
+    """``[objective]``: the loss weights, by readable name or by the paper's λ0..λ4, plus the loss kinds.
+
+    Defaults are the public reference code's (gan 1, recon 10, kl 0.01, cycle 10, kl_cycle 0.01); the paper
+    used λ0=10, λ1=λ3=0.1, λ2=λ4=100. A weight of 0 skips that term's computation.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    gan: Weight = Field(1.0, validation_alias=AliasChoices("gan", "lambda0"), description="λ0, adversarial")
+    kl: Weight = Field(0.01, validation_alias=AliasChoices("kl", "lambda1"), description="λ1, VAE KL")
+    recon: Weight = Field(10.0, validation_alias=AliasChoices("recon", "lambda2"), description="λ2, reconstruction")
+    kl_cycle: Weight = Field(0.01, validation_alias=AliasChoices("kl_cycle", "lambda3"), description="λ3, cycle KL")
+    cycle: Weight = Field(10.0, validation_alias=AliasChoices("cycle", "lambda4"), description="λ4, cycle recon")
+    gan_loss: dict[str, Any] = Field(default_factory=lambda: {"kind": "lsgan"})
+    reconstruction_loss: dict[str, Any] = Field(default_factory=lambda: {"kind": "l1"})
+
+
+class ModelSettings(BaseModel):
+    """``[model]``: the six networks and how their weights are shared."""
+
+    model_config = _STRICT
+    encoder: dict[str, Any] = Field(default_factory=lambda: {"kind": "resnet"})
+    generator: dict[str, Any] = Field(default_factory=lambda: {"kind": "resnet"})
+    discriminator: dict[str, Any] = Field(default_factory=lambda: {"kind": "multiscale-patch"})
+    sharing: dict[str, Any] = Field(default_factory=lambda: {"kind": "shared-latent"})
+    share_discriminators: bool = Field(False, description="tie the two discriminators' trunks")
+
+
+class RecipeSchema(BaseModel):
+    """The whole recipe file."""
+
+    model_config = _STRICT
+    name: str = ""
+    description: str = ""
+    data: dict[str, Any]
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    objective: ObjectiveSettings = Field(default_factory=ObjectiveSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    loggers: list[dict[str, Any]] = Field(default_factory=lambda: [{"kind": "jsonl"}])
+    ablations: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+#: Recipe path of each component table → the registry its kind is looked up in.
+COMPONENT_TABLES: dict[tuple[str, ...], str] = {
+    ("data",): "datasets",
+    ("model", "encoder"): "encoders",
+    ("model", "generator"): "generators",
+    ("model", "discriminator"): "discriminators",
+    ("model", "sharing"): "sharing_strategies",
+    ("objective", "gan_loss"): "gan_losses",
+    ("objective", "reconstruction_loss"): "reconstruction_losses",
+}
+
+
+class Component(BaseModel):
+    """A validated component table: the registered ``kind`` and its settings (defaults filled in)."""
+
+    model_config = ConfigDict(frozen=True)
+    kind: str
+    settings: dict[str, Any]
+
+
+class Recipe(BaseModel):
+    """A validated recipe: the fixed tables as models, the component tables resolved against the registries."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    name: str
+    description: str
+    source: str
+    data: Component
+    encoder: Component
+    generator: Component
+    discriminator: Component
+    sharing: Component
+    share_discriminators: bool
+    gan_loss: Component
+    reconstruction_loss: Component
+    objective: ObjectiveSettings
+    train: TrainSettings
+    loggers: list[Component]
+    resolved: dict[str, Any]
+    ablation: str = ""
+
+    def to_toml(self) -> str:
+        """The resolved recipe (every default filled in, ablation and overrides applied) as TOML."""
+        return tomli_w.dumps(self.resolved)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML file; errors name the file, line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: recipe file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"{path}: cannot read recipe: {exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{path}: malformed TOML: {exc}") from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``--set`` syntax ``dotted.key=value``; the value is a TOML value, or a bare string.
+
+    Examples: ``train.iterations=200``, ``model.sharing.kind=none``, ``train.lr=2e-4``, ``data.root=/data/x``.
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise RecipeError(f"override {text!r}: expected KEY=VALUE, e.g. train.iterations=200")
+    parts = key.split(".")
+    if any(not re.fullmatch(r"[A-Za-z0-9_-]+", p) for p in parts):
+        raise RecipeError(f"override {text!r}: {key!r} is not a dotted key like model.encoder.width")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word or path: take it as a string, as a shell user expects
+    return key, value
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def apply_overrides(recipe: dict[str, Any], overrides: dict[str, Any], origin: str) -> dict[str, Any]:
+    """Return a copy of ``recipe`` with dotted-key ``overrides`` applied.
+
+    Setting a component's ``kind`` to a different kind drops the old kind's settings from the base recipe
+    (they belong to the old kind); later overrides may set the new kind's settings.
+    """
+    result = copy.deepcopy(recipe)
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = result
+        for depth, part in enumerate(parents):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parents[: depth + 1])
+                raise RecipeError(f"{origin}: cannot set {dotted!r}: {where!r} is a value, not a table")
+            node = child
+        if leaf == "kind" and node.get("kind") != value:
+            node.clear()
+        node[leaf] = value
+    return result
+
+
+def _expand(value: Any) -> Any:
+    if isinstance(value, str) and "${" in value:
+        return value.replace("${" + DATA_ENV + "}", str(data_root()))
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    return value
+
+
+def _table_name(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc]
+    return "[" + ".".join(parts) + "]" if parts else "top level"
+
+
+def _nearest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{hint}(valid keys: {', '.join(valid) or 'none'})"
+
+
+def _model_keys(model: type[BaseModel]) -> list[str]:
+    keys: list[str] = []
+    for name, info in model.model_fields.items():
+        alias = info.validation_alias
+        keys.extend(alias.choices if isinstance(alias, AliasChoices) else [name])  # type: ignore[arg-type]
+    return [str(k) for k in keys]
+
+
+def _describe(
+    exc: pydantic.ValidationError, origin: str, prefix: tuple[str, ...], valid_for: dict[tuple[str, ...], list[str]]
+) -> RecipeError:
+    lines = []
+    for err in exc.errors():
+        loc = prefix + tuple(str(p) for p in err["loc"])
+        table, key = loc[:-1], loc[-1] if loc else ""
+        if err["type"] == "extra_forbidden":
+            valid = valid_for.get(table, [])
+            lines.append(
+                f"{origin}: {_table_name(table)} unknown key {key!r} = {err['input']!r}; {_nearest(key, valid)}"
+            )
+        elif err["type"] == "missing":
+            lines.append(f"{origin}: {_table_name(table)} missing required key {key!r}")
+        else:
+            lines.append(f"{origin}: {_table_name(table)} {key} = {err['input']!r}: {err['msg']}")
+    return RecipeError("\n".join(lines))
+
+
+def _schema_keys() -> dict[tuple[str, ...], list[str]]:
+    return {
+        (): _model_keys(RecipeSchema),
+        ("model",): _model_keys(ModelSettings),
+        ("objective",): _model_keys(ObjectiveSettings),
+        ("train",): _model_keys(TrainSettings),
+    }
+
+
+def settings_model(registries: Registries, registry_kind: str, kind: str) -> type[BaseModel]:
+    """A pydantic model of the recipe settings a component factory takes, read from its signature."""
+    entry = registries[registry_kind].get(kind)
+    factory = entry.factory
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        hints = typing.get_type_hints(target, include_extras=True)
+    except Exception:  # unresolvable annotations: accept any value rather than refuse the component
+        hints = {}
+    fields: dict[str, Any] = {}
+    for name, param in inspect.signature(factory).parameters.items():
+        if name in PROVIDED_ARGUMENTS[registry_kind] or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        default = ... if param.default is param.empty else param.default
+        fields[name] = (hints.get(name, Any), default)
+    return pydantic.create_model(f"{registry_kind}:{kind}", __config__=_STRICT, **fields)
+
+
+def _validate_component(
+    registries: Registries,
+    registry_kind: str,
+    table: dict[str, Any],
+    loc: tuple[str, ...],
+    origin: str,
+    default_kind: str = "",
+) -> Component:
+    """Validate one component table; a table without ``kind`` gets the schema's default kind, if any."""
+    label = KIND_LABELS[registry_kind]
+    if not isinstance(table, dict):
+        raise RecipeError(f"{origin}: {_table_name(loc)} must be a table with a 'kind' key, got {table!r}")
+    if "kind" not in table and default_kind:
+        table = {"kind": default_kind, **table}
+    if "kind" not in table:
+        raise RecipeError(
+            f"{origin}: {_table_name(loc)} has no 'kind'; set one of: {', '.join(registries[registry_kind].names())}"
+        )
+    kind = table["kind"]
+    if not isinstance(kind, str) or kind not in registries[registry_kind]:
+        raise RecipeError(
+            f"{origin}: {_table_name(loc)} kind = {kind!r}: " + registries[registry_kind].unknown_message(kind)
+        )
+    settings = {k: v for k, v in table.items() if k != "kind"}
+    model = settings_model(registries, registry_kind, kind)
+    provided = sorted(set(settings) & PROVIDED_ARGUMENTS[registry_kind])
+    if provided:
+        raise RecipeError(
+            f"{origin}: {_table_name(loc)} {provided[0]!r} is set by unitkit for a {label}, not by the recipe"
+        )
+    try:
+        validated = model.model_validate(settings)
+    except pydantic.ValidationError as exc:
+        raise _describe(exc, origin, loc, {loc: ["kind", *model.model_fields]}) from None
+    return Component(kind=kind, settings=validated.model_dump())
+
+
+def _default_kind(loc: tuple[str, ...]) -> str:
+    """The ``kind`` the schema gives a component table the recipe leaves out (``""`` when it has none)."""
+    schema: type[BaseModel] = RecipeSchema
+    for part in loc[:-1]:
+        schema = schema.model_fields[part].annotation  # type: ignore[assignment]
+    factory = schema.model_fields[loc[-1]].default_factory
+    return factory()["kind"] if factory else ""
+
+
+def _component_dict(component: Component) -> dict[str, Any]:
+    return {"kind": component.kind, **component.settings}
+
+
+def validate(raw: dict[str, Any], registries: Registries, origin: str = "<recipe>", ablation: str = "") -> Recipe:
+    """Validate a parsed recipe dictionary (overrides already applied) against the schema and registries."""
+    raw = _expand(raw)
+    try:
+        schema = RecipeSchema.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise _describe(exc, origin, (), _schema_keys()) from None
+
+    components: dict[tuple[str, ...], Component] = {}
+    for loc, registry_kind in COMPONENT_TABLES.items():
+        node: Any = schema
+        for part in loc:
+            node = node[part] if isinstance(node, dict) else getattr(node, part)
+        components[loc] = _validate_component(registries, registry_kind, node, loc, origin, _default_kind(loc))
+    loggers = [
+        _validate_component(registries, "loggers", table, ("loggers", str(i)), origin)
+        for i, table in enumerate(schema.loggers)
+    ]
+
+    resolved = schema.model_dump(mode="json", exclude={"ablations"})
+    for loc, component in components.items():
+        node = resolved
+        for part in loc[:-1]:
+            node = node[part]
+        node[loc[-1]] = _component_dict(component)
+    resolved["loggers"] = [_component_dict(c) for c in loggers]
+    if ablation:
+        resolved["ablation"] = ablation
+
+    return Recipe(
+        name=schema.name or Path(origin).stem,
+        description=schema.description,
+        source=origin,
+        data=components[("data",)],
+        encoder=components[("model", "encoder")],
+        generator=components[("model", "generator")],
+        discriminator=components[("model", "discriminator")],
+        sharing=components[("model", "sharing")],
+        share_discriminators=schema.model.share_discriminators,
+        gan_loss=components[("objective", "gan_loss")],
+        reconstruction_loss=components[("objective", "reconstruction_loss")],
+        objective=schema.objective,
+        train=schema.train,
+        loggers=loggers,
+        resolved=resolved,
+        ablation=ablation,
+    )
+
+
+def ablation_names(path: str | Path) -> list[str]:
+    """Names of the ``[ablations.NAME]`` tables of a recipe file, in file order."""
+    ablations = read_toml(path).get("ablations", {})
+    if not isinstance(ablations, dict):
+        raise RecipeError(f"{path}: 'ablations' must be a table of [ablations.NAME] tables")
+    return list(ablations)
+
+
+def load_recipe(
+    path: str | Path,
+    registries: Registries,
+    overrides: list[str] | tuple[str, ...] = (),
+    ablation: str = "",
+) -> Recipe:
+    """Read, override and validate a recipe file.
+
+    Args:
+        path: the TOML recipe.
+        registries: filled registries (``unitkit.plugins.load_plugins().registries``).
+        overrides: ``--set`` strings, ``dotted.key=value``, applied after the ablation.
+        ablation: name of an ``[ablations.NAME]`` table to apply first, or ``""``.
+
+    Raises:
+        RecipeError: with a message naming the file, table, key, value and nearest valid name.
+    """
+    origin = str(path)
+    raw = read_toml(path)
+    ablations = raw.pop("ablations", {})
+    if ablation:
+        if not isinstance(ablations, dict) or ablation not in ablations:
+            names = list(ablations) if isinstance(ablations, dict) else []
+            close = difflib.get_close_matches(ablation, names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise RecipeError(f"{origin}: no ablation {ablation!r}; {hint}(defined: {', '.join(names) or 'none'})")
+        if not isinstance(ablations[ablation], dict):
+            raise RecipeError(f"{origin}: [ablations.{ablation}] must be a table of dotted-key overrides")
+        raw = apply_overrides(raw, _flatten(ablations[ablation]), f"{origin} [ablations.{ablation}]")
+    parsed = dict(parse_override(o) for o in overrides)
+    raw = apply_overrides(raw, parsed, f"{origin} (--set)")
+    return validate(raw, registries, origin, ablation)

@@ -1,0 +1,155 @@
+"""Registries: a name → factory table per kind of component, remembering which plugin gave each name."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class RegistryError(Exception):
+    """A name registered twice, or a name looked up that nobody registered."""
+
+
+@dataclass(frozen=True)
+class Provider:
+    """Who registered a component: the plugin (entry-point) name and its distribution."""
+
+    plugin: str
+    package: str = ""
+    version: str = ""
+
+    def __str__(self) -> str:
+        owner = f"{self.package} {self.version}".strip()
+        return f"{self.plugin} ({owner})" if owner and owner != self.plugin else self.plugin
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    factory: Callable[..., Any]
+    provider: Provider
+
+    @property
+    def summary(self) -> str:
+        """First line of the factory's docstring."""
+        doc = inspect.getdoc(self.factory) or ""
+        return doc.splitlines()[0] if doc else ""
+
+
+#: Arguments unitkit passes to a factory itself; a recipe may not set them.
+PROVIDED_ARGUMENTS: dict[str, frozenset[str]] = {
+    "encoders": frozenset({"in_channels"}),
+    "generators": frozenset({"out_channels", "latent_channels"}),
+    "discriminators": frozenset({"in_channels", "num_classes"}),
+    "gan_losses": frozenset(),
+    "reconstruction_losses": frozenset(),
+    "sharing_strategies": frozenset({"encoders", "generators"}),
+    "datasets": frozenset(),
+    "loggers": frozenset({"run_dir"}),
+}
+
+#: Human-readable singular of each registry, for messages.
+KIND_LABELS: dict[str, str] = {
+    "encoders": "encoder backbone",
+    "generators": "generator backbone",
+    "discriminators": "discriminator",
+    "gan_losses": "GAN loss",
+    "reconstruction_losses": "reconstruction loss",
+    "sharing_strategies": "sharing strategy",
+    "datasets": "dataset",
+    "loggers": "logger",
+}
+
+
+@dataclass
+class Registry:
+    """Maps names to component factories for one kind of component (``registry.kind``, e.g. ``"encoders"``).
+
+    Plugins call :meth:`register` from their hook implementations::
+
+        @unitkit.hookimpl
+        def unitkit_register_encoders(registry):
+            registry.register("my-backbone", MyEncoder)
+    """
+
+    kind: str
+    _entries: dict[str, Entry] = field(default_factory=dict)
+    _provider: Provider = field(default=Provider("<direct>"))
+
+    def register(self, name: str, factory: Callable[..., Any]) -> Callable[..., Any]:
+        """Register ``factory`` under ``name``; registering a taken name raises, naming both plugins."""
+        if not isinstance(name, str) or not name:
+            raise RegistryError(f"{KIND_LABELS[self.kind]} names must be non-empty strings, got {name!r}")
+        if not callable(factory):
+            raise RegistryError(f"{KIND_LABELS[self.kind]} {name!r}: factory {factory!r} is not callable")
+        if name in self._entries:
+            first = self._entries[name].provider
+            raise RegistryError(
+                f"{KIND_LABELS[self.kind]} {name!r} is registered twice: by plugin {first} and by plugin "
+                f"{self._provider}; uninstall one of them or rename the component"
+            )
+        self._entries[name] = Entry(name, factory, self._provider)
+        return factory
+
+    def get(self, name: str) -> Entry:
+        """The entry registered under ``name``; an unknown name raises with the nearest valid names."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise RegistryError(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: str) -> str:
+        label = KIND_LABELS[self.kind]
+        close = difflib.get_close_matches(str(name), self.names(), n=3, cutoff=0.4)
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+        return f"unknown {label} {name!r}{hint} (registered: {', '.join(self.names()) or 'none'})"
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self._entries[n] for n in self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @contextmanager
+    def provided_by(self, provider: Provider) -> Iterator[None]:
+        """Attribute registrations made inside the block to ``provider`` (used by the plugin loader)."""
+        previous, self._provider = self._provider, provider
+        try:
+            yield
+        finally:
+            self._provider = previous
+
+
+REGISTRY_KINDS: tuple[str, ...] = tuple(PROVIDED_ARGUMENTS)
+
+
+@dataclass
+class Registries:
+    """One :class:`Registry` per kind of component, as filled by the plugin manager."""
+
+    encoders: Registry = field(default_factory=lambda: Registry("encoders"))
+    generators: Registry = field(default_factory=lambda: Registry("generators"))
+    discriminators: Registry = field(default_factory=lambda: Registry("discriminators"))
+    gan_losses: Registry = field(default_factory=lambda: Registry("gan_losses"))
+    reconstruction_losses: Registry = field(default_factory=lambda: Registry("reconstruction_losses"))
+    sharing_strategies: Registry = field(default_factory=lambda: Registry("sharing_strategies"))
+    datasets: Registry = field(default_factory=lambda: Registry("datasets"))
+    loggers: Registry = field(default_factory=lambda: Registry("loggers"))
+
+    def __getitem__(self, kind: str) -> Registry:
+        if kind not in REGISTRY_KINDS:
+            raise KeyError(kind)
+        return getattr(self, kind)
+
+    def __iter__(self) -> Iterator[Registry]:
+        return iter(getattr(self, kind) for kind in REGISTRY_KINDS)

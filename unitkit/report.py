@@ -1,0 +1,137 @@
+"""What a person looks at: sample grids, loss curves and the run's index.html."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchvision.utils import make_grid, save_image
+
+from unitkit.model import UNIT
+
+GRID_COLUMNS = ("input", "translation", "reconstruction", "cycle")
+
+
+def _rgb(x: Tensor) -> Tensor:
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+@torch.no_grad()
+def translate_images(model: UNIT, x: Tensor, source: str) -> dict[str, Tensor]:
+    """Deterministic (noise-free) translation of ``x`` from domain ``source``, with reconstruction and cycle."""
+    target = "b" if source == "a" else "a"
+    h = model.encoder(source)(x)
+    translation = model.generator(target)(h)
+    return {
+        "input": x,
+        "translation": translation,
+        "reconstruction": model.generator(source)(h),
+        "cycle": model.generator(source)(model.encoder(target)(translation)),
+    }
+
+
+@torch.no_grad()
+def sample_grid(model: UNIT, x_a: Tensor, x_b: Tensor, path: Path) -> Path:
+    """Write a PNG: for A→B (left) and B→A (right), rows of input | translation | reconstruction | cycle."""
+    was_training = model.training
+    model.eval()
+    try:
+        halves = []
+        for source, x in (("a", x_a), ("b", x_b)):
+            out = translate_images(model, x, source)
+            rows = torch.stack([_rgb(out[c]) for c in GRID_COLUMNS], dim=1).flatten(0, 1)
+            halves.append(
+                make_grid(
+                    rows.float().cpu(),
+                    nrow=len(GRID_COLUMNS),
+                    padding=2,
+                    pad_value=1.0,
+                    normalize=True,
+                    value_range=(-1, 1),
+                )
+            )
+    finally:
+        model.train(was_training)
+    height = max(h.shape[1] for h in halves)
+    halves = [torch.nn.functional.pad(h, (0, 0, 0, height - h.shape[1]), value=1.0) for h in halves]
+    spacer = torch.ones(3, height, 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(torch.cat([halves[0], spacer, halves[1]], dim=2), path)
+    return path
+
+
+def read_log(path: Path) -> list[dict]:
+    """Scalar records of a run's log.jsonl (image records are skipped; a torn last line is ignored)."""
+    records = []
+    if not path.exists():
+        return records
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "image" not in record:
+            records.append(record)
+    return records
+
+
+def plot_losses(log_path: Path, out_path: Path) -> Path | None:
+    """Plot every logged scalar against the step, one panel per group (G/..., D/...), as a PNG."""
+    records = read_log(log_path)
+    if not records:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for r in records for k in r if k not in ("step", "time") and isinstance(r[k], float | int)})
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        groups.setdefault(key.split("/")[0] if "/" in key else "other", []).append(key)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.5), squeeze=False)
+    for ax, (group, members) in zip(axes[0], groups.items(), strict=True):
+        for key in members:
+            points = [(r["step"], r[key]) for r in records if key in r]
+            ax.plot([p[0] for p in points], [p[1] for p in points], label=key, linewidth=1)
+        ax.set_title(group)
+        ax.set_xlabel("iteration")
+        ax.set_yscale("symlog", linthresh=1e-2)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=90)
+    plt.close(fig)
+    return out_path
+
+
+def write_index(run_dir: Path, title: str, status: str) -> Path:
+    """Write RUN_DIR/index.html: status, loss curves, the newest sample grids first, and the recipe."""
+    run_dir = Path(run_dir)
+    samples = sorted((run_dir / "samples").glob("step_*.png"), reverse=True)
+    recipe = (run_dir / "recipe.toml").read_text(encoding="utf-8") if (run_dir / "recipe.toml").exists() else ""
+    evaluation = run_dir / "evaluation.json"
+    parts = [
+        "<!doctype html><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}img{image-rendering:pixelated;"
+        "max-width:100%}figure{margin:1em 0}pre{background:#f4f4f4;padding:1em;overflow:auto}</style>",
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(status)}</p>",
+    ]
+    if evaluation.exists():
+        parts.append(f"<h2>Evaluation</h2><pre>{html.escape(evaluation.read_text(encoding='utf-8'))}</pre>")
+    if (run_dir / "losses.png").exists():
+        parts.append("<h2>Losses</h2><img src='losses.png' alt='loss curves'>")
+    parts.append(
+        "<h2>Samples</h2><p>Left: A→B, right: B→A. Columns: " + " | ".join(GRID_COLUMNS) + " (fixed test images).</p>"
+    )
+    for sample in samples:
+        step = int(sample.stem.split("_")[1])
+        parts.append(f"<figure><figcaption>iteration {step:,}</figcaption><img src='samples/{sample.name}'></figure>")
+    parts.append(f"<h2>Recipe</h2><pre>{html.escape(recipe)}</pre>")
+    path = run_dir / "index.html"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path

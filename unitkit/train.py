@@ -1,0 +1,257 @@
+"""Training a UNIT model, top to bottom.
+
+One iteration: encode both domains, reconstruct and translate (once), update the discriminators on the
+detached translations, then update encoders and generators against the freshly updated discriminators.
+The generator forward pass is shared by both updates: the authors' code recomputes it for the discriminator.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from unitkit import checkpoint as ckpt
+from unitkit.data import endless_images, first_images
+from unitkit.evaluate import evaluate_run
+from unitkit.model import build_model
+from unitkit.objective import discriminator_loss, generator_losses, translate_both
+from unitkit.recipe import Recipe
+from unitkit.registry import Registries
+from unitkit.report import plot_losses, sample_grid, write_index
+
+
+class TrainingError(Exception):
+    """A run that cannot go on (a non-finite loss, an unusable checkpoint, a device problem)."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    step: int
+    checkpoint: Path
+    seconds: float
+    interrupted: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU; an unavailable CUDA device is an error, not a silent fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"train.device = {name!r}, but this machine has no CUDA device; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextmanager
+def frozen(*modules: torch.nn.Module) -> Iterator[None]:
+    """No gradients for these modules' parameters inside the block (the generator step leaves D alone)."""
+    params = [p for m in modules for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (a cluster's preemption) like Ctrl-C, so both save a checkpoint before exiting."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[speed]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[losses]}"),
+        console=console,
+        transient=False,
+    )
+
+
+def train(
+    recipe: Recipe,
+    registries: Registries,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> RunResult:
+    """Train (or, with ``resume``, continue) the run described by ``recipe`` in ``run_dir``."""
+    console = console or Console()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.toml").write_text(recipe.to_toml(), encoding="utf-8")
+    cfg, weights = recipe.train, recipe.objective
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+
+    # Data, networks, losses, optimisers.
+    data = registries.datasets.get(recipe.data.kind).factory(**recipe.data.settings)
+    data_info = {"channels": list(data.channels), "image_size": data.image_size, "num_classes": data.num_classes,
+                 "paired_test": data.paired_test, "head_classes": 0}  # fmt: skip
+    model = build_model(recipe, registries, data.channels, image_size=data.image_size).to(device)
+    gan = registries.gan_losses.get(recipe.gan_loss.kind).factory(**recipe.gan_loss.settings)
+    reconstruction = registries.reconstruction_losses.get(recipe.reconstruction_loss.kind).factory(
+        **recipe.reconstruction_loss.settings
+    )
+    adam = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "weight_decay": cfg.weight_decay}
+    optimizers = {
+        "generator": torch.optim.Adam(model.generator_parameters(), **adam),
+        "discriminator": torch.optim.Adam(model.discriminator_parameters(), **adam),
+    }
+    schedulers = {
+        name: torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step or 2**62, gamma=cfg.lr_gamma)
+        for name, opt in optimizers.items()
+    }
+    checkpoints = run_dir / "checkpoints"
+
+    step = 0
+    if resume:
+        found = ckpt.list_checkpoints(checkpoints)
+        if not found:
+            raise TrainingError(f"--resume: no checkpoint in {checkpoints}; start the run without --resume")
+        state = ckpt.read_checkpoint(found[-1])
+        ckpt.load_model_state(model, state.model_state, state.path)
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(state.optimizers[name])
+            schedulers[name].load_state_dict(state.schedulers[name])
+        ckpt.restore_rng(state.rng["tensors"], state.rng["meta"])
+        step = state.step
+        console.print(f"resumed from {state.path} at iteration {step:,}")
+
+    pin = device.type == "cuda"
+    stream_a = endless_images(data.train_a, cfg.batch_size, cfg.seed, step, cfg.num_workers, pin)
+    stream_b = endless_images(data.train_b, cfg.batch_size, cfg.seed + 1, step, cfg.num_workers, pin)
+    fixed_a = first_images(data.test_a, cfg.sample_count).to(device)
+    fixed_b = first_images(data.test_b, cfg.sample_count).to(device)
+    loggers = [registries.loggers.get(c.kind).factory(run_dir=run_dir, **c.settings) for c in recipe.loggers]
+
+    def save() -> Path:
+        return ckpt.save_checkpoint(
+            checkpoints, step, model, optimizers, schedulers, recipe.to_toml(), data_info, cfg.keep_checkpoints
+        )
+
+    def samples() -> None:
+        path = sample_grid(model, fixed_a, fixed_b, run_dir / "samples" / f"step_{step:09d}.png")
+        for logger in loggers:
+            logger.log_image(step, "samples", str(path))
+        plot_losses(run_dir / "log.jsonl", run_dir / "losses.png")
+        write_index(run_dir, recipe.name, f"iteration {step:,} of {cfg.iterations:,}")
+
+    start_step, started = step, time.perf_counter()
+    progress = _progress(console) if show_progress else None
+    task = progress.add_task(recipe.name, total=cfg.iterations, completed=step, speed="", losses="") if progress else 0
+    interrupted = False
+    model.train()
+    with ExitStack() as cleanup:
+        for logger in loggers:
+            cleanup.callback(logger.close)
+        cleanup.enter_context(sigterm_as_interrupt())
+        if progress:
+            cleanup.enter_context(progress)
+        try:
+            while step < cfg.iterations:
+                x_a = next(stream_a).to(device, non_blocking=True)
+                x_b = next(stream_b).to(device, non_blocking=True)
+                t = translate_both(model, x_a, x_b, weights)
+
+                # Discriminators: real images against the (detached) translations.
+                loss_d = None
+                if weights.gan:
+                    optimizers["discriminator"].zero_grad(set_to_none=True)
+                    loss_d = discriminator_loss(model, t, gan, weights)
+                    loss_d.backward()
+                    optimizers["discriminator"].step()
+
+                # Encoders and generators: VAE, GAN and cycle terms against the updated discriminators.
+                with frozen(model.dis_a, model.dis_b):
+                    terms = generator_losses(model, t, gan, reconstruction, weights)
+                    optimizers["generator"].zero_grad(set_to_none=True)
+                    terms["total"].backward()
+                optimizers["generator"].step()
+                for scheduler in schedulers.values():
+                    scheduler.step()
+                step += 1
+
+                # Bookkeeping. Reading a loss synchronises with the device, so it happens only at log steps.
+                if step % cfg.log_every == 0 or step == cfg.iterations:
+                    scalars = finite_scalars(terms, loss_d, step)
+                    scalars["lr"] = optimizers["generator"].param_groups[0]["lr"]
+                    for logger in loggers:
+                        logger.log_scalars(step, scalars)
+                    if progress:
+                        rate = (step - start_step) / (time.perf_counter() - started)
+                        shown = " ".join(f"{k}={v:.3g}" for k, v in scalars.items() if k != "lr")
+                        progress.update(task, completed=step, speed=f"{rate:.2f} it/s", losses=shown)
+                elif progress:
+                    progress.update(task, completed=step)
+                if step % cfg.checkpoint_every == 0:
+                    save()
+                if step % cfg.sample_every == 0:
+                    samples()
+        except KeyboardInterrupt:
+            interrupted = True
+        path = save()
+        samples()
+        if not interrupted:
+            results = evaluate_run(model, data, device)
+            if results:
+                for logger in loggers:
+                    logger.log_scalars(step, {f"eval/{k}": v for k, v in results.items()})
+                (run_dir / "evaluation.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+            write_index(run_dir, recipe.name, f"finished: {step:,} iterations")
+    return RunResult(run_dir, step, path, time.perf_counter() - started, interrupted)
+
+
+def finite_scalars(terms: dict[str, torch.Tensor], loss_d: torch.Tensor | None, step: int) -> dict[str, float]:
+    """The losses as floats; a non-finite one stops the run with a message naming the term and iteration."""
+    scalars = {f"G/{k}": v.item() for k, v in terms.items()}
+    if loss_d is not None:
+        scalars["D/total"] = loss_d.item()
+    for name, value in scalars.items():
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"loss {name} became {value} at iteration {step:,}; the run stopped, its last good checkpoint is "
+                "kept. Lower train.lr, or check the data"
+            )
+    return scalars
