@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -11,8 +10,9 @@ from PIL import Image
 
 from unitkit import DomainData
 from unitkit.builtin.datasets import SHAPES, digit_domain, mnist_usps, svhn_mnist, synthetic, unpaired_folders
+from unitkit.recipe import data_root
 
-DATA = Path(os.environ.get("UNITKIT_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+DATA = data_root()
 
 
 def needs_data(name: str) -> pytest.MarkDecorator:
