@@ -22,12 +22,10 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from torch import nn
 
+from unitkit.errors import CheckpointError
+
 FORMAT = "unitkit-checkpoint/1"
 _NAME = re.compile(r"^step_(\d+)\.safetensors$")
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be read, or that does not fit the model it is loaded into."""
 
 
 @dataclass

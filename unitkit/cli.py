@@ -16,16 +16,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from unitkit.errors import UnitkitError
 from unitkit.plugins import PluginSet, load_plugins
 from unitkit.recipe import RecipeError, load_recipe
 from unitkit.registry import KIND_LABELS, RegistryError
 
 console = Console()
 errors = Console(stderr=True)
-
-
-class UnitkitError(Exception):
-    """A runtime failure with a message for the user (exit code 1)."""
 
 
 def _fail(message: str, code: int) -> None:
@@ -43,8 +40,10 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except (RecipeError, RegistryError) as exc:
             _fail(str(exc), 2)
-        except (UnitkitError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        except (UnitkitError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as exc:
             _fail(str(exc), 1)
+        except KeyboardInterrupt:  # a second Ctrl-C while a checkpoint was being saved: leave at once
+            _fail("interrupted", 130)
 
     return wrapper
 
@@ -221,30 +220,18 @@ def run(
     for resolved, run_dir in zip(recipes, run_dirs, strict=True):
         label = resolved.name + (f" [{resolved.ablation}]" if resolved.ablation else "")
         console.print(f"[bold]unitkit run[/] {escape(label)} → {escape(str(run_dir))}", highlight=False)
-        result = _train_or_fail(train, resolved, plugins, run_dir, resume, quiet)
+        result = train(resolved, plugins.registries, run_dir, resume=resume, console=console, show_progress=not quiet)
         if result.interrupted:
             console.print(
                 f"[yellow]interrupted[/] at iteration {result.step:,}; checkpoint saved to {result.checkpoint}\n"
                 f"resume with: unitkit run {recipe} --out {run_dir} --resume",
                 highlight=False,
             )
-            sys.exit(130)
+            sys.exit(143 if result.interrupted == "SIGTERM" else 130)
         console.print(
             f"[green]done[/] {result.step:,} iterations in {result.seconds:.0f} s; open {run_dir / 'index.html'}",
             highlight=False,
         )
-
-
-def _train_or_fail(
-    train: Callable[..., Any], recipe: Any, plugins: PluginSet, run_dir: Path, resume: bool, quiet: bool
-):
-    from unitkit.checkpoint import CheckpointError
-    from unitkit.train import TrainingError
-
-    try:
-        return train(recipe, plugins.registries, run_dir, resume=resume, console=console, show_progress=not quiet)
-    except (TrainingError, CheckpointError) as exc:
-        raise UnitkitError(str(exc)) from exc
 
 
 @main.command()
@@ -253,8 +240,11 @@ def _train_or_fail(
 @click.argument("output_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--direction", type=click.Choice(["a2b", "b2a"]), required=True, help="Translate A→B or B→A.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--overwrite", is_flag=True, help="Replace files that already exist in OUTPUT_DIR.")
 @friendly_errors
-def translate(checkpoint: Path, input_path: Path, output_dir: Path, direction: str, device: str) -> None:
+def translate(
+    checkpoint: Path, input_path: Path, output_dir: Path, direction: str, device: str, overwrite: bool
+) -> None:
     """Translate an image file, or every image in a folder, with a trained CHECKPOINT.
 
     Images keep their size and file name; sides the network cannot take are padded (or resized) and restored.
@@ -264,14 +254,13 @@ def translate(checkpoint: Path, input_path: Path, output_dir: Path, direction: s
       unitkit translate runs/quickstart/checkpoints/step_000002000.safetensors photos/ out/ --direction a2b
       unitkit translate run.safetensors cat.png out/ --direction b2a --device cpu
     """
-    from unitkit.checkpoint import CheckpointError
-    from unitkit.train import TrainingError, resolve_device
+    from unitkit.train import resolve_device
     from unitkit.translate import load_trained_model, translate_path
 
     plugins = plugins_with_warnings()
     try:
         model, state = load_trained_model(checkpoint, plugins.registries, resolve_device(device))
-        written = translate_path(model, state.data_info, input_path, output_dir, direction)
-    except (CheckpointError, TrainingError, ValueError) as exc:
+        written = translate_path(model, state.data_info, input_path, output_dir, direction, overwrite)
+    except ValueError as exc:
         raise UnitkitError(str(exc)) from exc
     console.print(f"[green]translated[/] {len(written)} image(s) {direction} into {output_dir}", highlight=False)

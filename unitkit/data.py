@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from unitkit.errors import DataError
+
 
 class ResumableBatches(torch.utils.data.Sampler[list[int]]):
     """Endless batches of indices: a fresh permutation per epoch, fixed by (seed, epoch).
@@ -44,16 +46,24 @@ class ResumableBatches(torch.utils.data.Sampler[list[int]]):
 def endless_images(
     dataset: Dataset, batch_size: int, seed: int, start: int, num_workers: int, pin_memory: bool
 ) -> Iterator[Tensor]:
-    """Yield image batches forever, beginning where iteration ``start`` of a run with this seed would."""
+    """Yield image batches forever, beginning where iteration ``start`` of a run with this seed would.
+
+    The loader gets its own generator: left to itself it would draw worker seeds from the global RNG when it
+    starts, so a resumed run's noise would differ from the uninterrupted run's.
+    """
     loader = DataLoader(
         dataset,
         batch_sampler=ResumableBatches(len(dataset), batch_size, seed, start),
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed * 1_000_003 + start),
     )
-    for images, _labels in loader:
-        yield images
+    try:
+        for images, _labels in loader:
+            yield images
+    except Exception as exc:  # whatever a dataset raises, the user needs to know it came from reading data
+        raise DataError(f"reading the training data failed: {type(exc).__name__}: {exc}") from exc
 
 
 def first_images(dataset: Dataset, count: int) -> Tensor:

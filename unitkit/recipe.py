@@ -15,7 +15,7 @@ import os
 import re
 import typing
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pydantic
 import tomli_w
@@ -70,6 +70,10 @@ class TrainSettings(BaseModel):
     sample_count: Annotated[int, Field(ge=1, le=64)] = Field(8, description="fixed test images per direction")
     checkpoint_every: Positive = Field(10_000, description="iterations between checkpoints")
     keep_checkpoints: Positive = Field(3, description="how many recent checkpoints to keep")
+    deterministic: bool = Field(False, description="deterministic kernels only (bit-exact resume; slower on GPU)")
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a NaN/inf loss stops the run, or skips that update (checked every step) and counts it"
+    )
 
 
 class ObjectiveSettings(BaseModel):

@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from unitkit import checkpoint as ckpt
 from unitkit.data import endless_images, first_images
+from unitkit.errors import DataError, TrainingError
 from unitkit.evaluate import evaluate_run
 from unitkit.model import build_model
 from unitkit.objective import discriminator_loss, generator_losses, translate_both
@@ -32,17 +33,14 @@ from unitkit.registry import Registries
 from unitkit.report import plot_losses, sample_grid, write_index
 
 
-class TrainingError(Exception):
-    """A run that cannot go on (a non-finite loss, an unusable checkpoint, a device problem)."""
-
-
 @dataclass
 class RunResult:
     run_dir: Path
     step: int
     checkpoint: Path
     seconds: float
-    interrupted: bool = False
+    interrupted: str = ""  # "SIGINT" or "SIGTERM" when a signal stopped the run early
+    skipped_updates: int = 0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,12 +72,16 @@ def frozen(*modules: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so a preempted run saves a checkpoint the same way."""
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Treat SIGTERM (a cluster's preemption) like Ctrl-C, so both save a checkpoint before exiting."""
 
     def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        raise Terminated
 
     try:
         previous = signal.signal(signal.SIGTERM, handler)
@@ -124,9 +126,13 @@ def train(
     cfg, weights = recipe.train, recipe.objective
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
+    torch.use_deterministic_algorithms(cfg.deterministic)
 
     # Data, networks, losses, optimisers.
-    data = registries.datasets.get(recipe.data.kind).factory(**recipe.data.settings)
+    try:
+        data = registries.datasets.get(recipe.data.kind).factory(**recipe.data.settings)
+    except (OSError, ValueError, ImportError) as exc:
+        raise DataError(f"[data] kind = {recipe.data.kind!r}: {exc}") from exc
     data_info = {"channels": list(data.channels), "image_size": data.image_size, "num_classes": data.num_classes,
                  "paired_test": data.paired_test, "head_classes": 0}  # fmt: skip
     model = build_model(recipe, registries, data.channels, image_size=data.image_size).to(device)
@@ -181,7 +187,7 @@ def train(
     start_step, started = step, time.perf_counter()
     progress = _progress(console) if show_progress else None
     task = progress.add_task(recipe.name, total=cfg.iterations, completed=step, speed="", losses="") if progress else 0
-    interrupted = False
+    interrupted, skipped_updates = "", 0
     model.train()
     with ExitStack() as cleanup:
         for logger in loggers:
@@ -193,30 +199,38 @@ def train(
             while step < cfg.iterations:
                 x_a = next(stream_a).to(device, non_blocking=True)
                 x_b = next(stream_b).to(device, non_blocking=True)
-                t = translate_both(model, x_a, x_b, weights)
+                with out_of_memory_advice(cfg.batch_size, data.image_size, device):
+                    t = translate_both(model, x_a, x_b, weights)
 
-                # Discriminators: real images against the (detached) translations.
-                loss_d = None
-                if weights.gan:
-                    optimizers["discriminator"].zero_grad(set_to_none=True)
-                    loss_d = discriminator_loss(model, t, gan, weights)
-                    loss_d.backward()
-                    optimizers["discriminator"].step()
+                    # Discriminators: real images against the (detached) translations.
+                    loss_d = None
+                    if weights.gan:
+                        optimizers["discriminator"].zero_grad(set_to_none=True)
+                        loss_d = discriminator_loss(model, t, gan, weights)
+                        loss_d.backward()
+                        if update_allowed(cfg.on_nonfinite, loss_d):
+                            optimizers["discriminator"].step()
+                        else:
+                            skipped_updates += 1
 
-                # Encoders and generators: VAE, GAN and cycle terms against the updated discriminators.
-                with frozen(model.dis_a, model.dis_b):
-                    terms = generator_losses(model, t, gan, reconstruction, weights)
-                    optimizers["generator"].zero_grad(set_to_none=True)
-                    terms["total"].backward()
-                optimizers["generator"].step()
+                    # Encoders and generators: VAE, GAN and cycle terms against the updated discriminators.
+                    with frozen(model.dis_a, model.dis_b):
+                        terms = generator_losses(model, t, gan, reconstruction, weights)
+                        optimizers["generator"].zero_grad(set_to_none=True)
+                        terms["total"].backward()
+                    if update_allowed(cfg.on_nonfinite, terms["total"]):
+                        optimizers["generator"].step()
+                    else:
+                        skipped_updates += 1
                 for scheduler in schedulers.values():
                     scheduler.step()
                 step += 1
 
                 # Bookkeeping. Reading a loss synchronises with the device, so it happens only at log steps.
-                if step % cfg.log_every == 0 or step == cfg.iterations:
-                    scalars = finite_scalars(terms, loss_d, step)
+                if step % cfg.log_every == 0 or step == cfg.iterations or step % cfg.checkpoint_every == 0:
+                    scalars = losses_as_floats(terms, loss_d, step, cfg.on_nonfinite)
                     scalars["lr"] = optimizers["generator"].param_groups[0]["lr"]
+                    scalars["skipped_updates"] = skipped_updates
                     for logger in loggers:
                         logger.log_scalars(step, scalars)
                     if progress:
@@ -229,10 +243,15 @@ def train(
                     save()
                 if step % cfg.sample_every == 0:
                     samples()
-        except KeyboardInterrupt:
-            interrupted = True
+        except KeyboardInterrupt as stop:
+            interrupted = "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
         path = save()
         samples()
+        unreadable = sum(getattr(d, "skipped", 0) for d in (data.train_a, data.train_b))
+        if unreadable:
+            console.print(f"[yellow]skipped {unreadable} unreadable image file(s)[/] (data.bad_files = 'skip')")
+            for logger in loggers:
+                logger.log_scalars(step, {"data/skipped_files": unreadable})
         if not interrupted:
             results = evaluate_run(model, data, device)
             if results:
@@ -240,16 +259,35 @@ def train(
                     logger.log_scalars(step, {f"eval/{k}": v for k, v in results.items()})
                 (run_dir / "evaluation.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
             write_index(run_dir, recipe.name, f"finished: {step:,} iterations")
-    return RunResult(run_dir, step, path, time.perf_counter() - started, interrupted)
+    return RunResult(run_dir, step, path, time.perf_counter() - started, interrupted, skipped_updates)
 
 
-def finite_scalars(terms: dict[str, torch.Tensor], loss_d: torch.Tensor | None, step: int) -> dict[str, float]:
-    """The losses as floats; a non-finite one stops the run with a message naming the term and iteration."""
+def update_allowed(policy: str, loss: torch.Tensor) -> bool:
+    """With ``on_nonfinite = "skip"``, refuse an update whose loss is NaN or infinite (a sync per step)."""
+    return policy != "skip" or bool(torch.isfinite(loss))
+
+
+@contextmanager
+def out_of_memory_advice(batch_size: int, image_size: int, device: torch.device) -> Iterator[None]:
+    """Turn an out-of-memory error into a message naming the batch and image size and what to change."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        raise TrainingError(
+            f"out of memory on {device} at train.batch_size = {batch_size} and image size {image_size}; lower "
+            "train.batch_size or data.image_size, or use a smaller model (e.g. model.encoder.width)"
+        ) from exc
+
+
+def losses_as_floats(
+    terms: dict[str, torch.Tensor], loss_d: torch.Tensor | None, step: int, policy: str
+) -> dict[str, float]:
+    """The losses as floats; under the "stop" policy a non-finite one stops the run, naming term and iteration."""
     scalars = {f"G/{k}": v.item() for k, v in terms.items()}
     if loss_d is not None:
         scalars["D/total"] = loss_d.item()
     for name, value in scalars.items():
-        if not math.isfinite(value):
+        if policy == "stop" and not math.isfinite(value):
             raise TrainingError(
                 f"loss {name} became {value} at iteration {step:,}; the run stopped, its last good checkpoint is "
                 "kept. Lower train.lr, or check the data"

@@ -65,13 +65,24 @@ def translate_image(model: UNIT, image: Image.Image, source: str, channels: int)
     return to_pil_image(y[0].add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8))
 
 
-def translate_path(model: UNIT, data_info: dict, source_path: Path, output_dir: Path, direction: str) -> list[Path]:
-    """Translate a file or every image in a folder into ``output_dir``, keeping file names."""
+def translate_path(
+    model: UNIT, data_info: dict, source_path: Path, output_dir: Path, direction: str, overwrite: bool = False
+) -> list[Path]:
+    """Translate a file or every image in a folder into ``output_dir``, keeping file names.
+
+    Existing files in ``output_dir`` are never replaced unless ``overwrite`` is set.
+    """
     source = direction[0]
     channels = data_info["channels"][0 if source == "a" else 1]
+    inputs = list(image_files(source_path))
+    clashes = [output_dir / p.name for p in inputs if (output_dir / p.name).exists()]
+    if clashes and not overwrite:
+        raise FileExistsError(
+            f"{clashes[0]} exists ({len(clashes)} output file(s) would be replaced); pass --overwrite"
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in image_files(source_path):
+    for path in inputs:
         try:
             with Image.open(path) as image:
                 result = translate_image(model, image, source, channels)
