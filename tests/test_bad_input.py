@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import string
 from pathlib import Path
@@ -128,10 +129,8 @@ def test_recipe_loader_validates_or_raises_a_recipe_error(tiny_recipe, registrie
     import tomli_w
 
     strings = [f"{k}={tomli_w.dumps({'v': v})[4:].strip()}" for k, v in overrides.items()]
-    try:
+    with contextlib.suppress(RecipeError):
         load_recipe(tiny_recipe, registries, strings)
-    except RecipeError:
-        pass
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -139,7 +138,5 @@ def test_recipe_loader_validates_or_raises_a_recipe_error(tiny_recipe, registrie
 def test_arbitrary_recipe_text_validates_or_raises_a_recipe_error(tmp_path_factory, registries, text):
     path = tmp_path_factory.mktemp("h") / "r.toml"
     path.write_text(text)
-    try:
+    with contextlib.suppress(RecipeError):
         load_recipe(path, registries)
-    except RecipeError:
-        pass
