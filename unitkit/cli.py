@@ -202,6 +202,7 @@ def run(
       unitkit run recipes/cats.toml --ablation no-sharing
       unitkit run recipes/quickstart.toml --out runs/qs --resume
     """
+    from unitkit.distributed import is_main_process
     from unitkit.recipe import ablation_names
     from unitkit.train import train
 
@@ -215,20 +216,23 @@ def run(
         run_dirs = [out / (name or "base") for name in variants]
     else:
         run_dirs = [_run_dir(out, r.name, r.ablation) for r in recipes]
-    for run_dir in run_dirs:
+    # Under torchrun, rank 0 alone owns the run directory and the terminal.
+    main_process = is_main_process()
+    say = console if main_process else Console(quiet=True)
+    for run_dir in run_dirs if main_process else []:
         _prepare_run_dir(run_dir, resume, overwrite)
     for resolved, run_dir in zip(recipes, run_dirs, strict=True):
         label = resolved.name + (f" [{resolved.ablation}]" if resolved.ablation else "")
-        console.print(f"[bold]unitkit run[/] {escape(label)} → {escape(str(run_dir))}", highlight=False)
-        result = train(resolved, plugins.registries, run_dir, resume=resume, console=console, show_progress=not quiet)
+        say.print(f"[bold]unitkit run[/] {escape(label)} → {escape(str(run_dir))}", highlight=False)
+        result = train(resolved, plugins.registries, run_dir, resume=resume, console=say, show_progress=not quiet)
         if result.interrupted:
-            console.print(
+            say.print(
                 f"[yellow]interrupted[/] at iteration {result.step:,}; checkpoint saved to {result.checkpoint}\n"
                 f"resume with: unitkit run {recipe} --out {run_dir} --resume",
                 highlight=False,
             )
             sys.exit(143 if result.interrupted == "SIGTERM" else 130)
-        console.print(
+        say.print(
             f"[green]done[/] {result.step:,} iterations in {result.seconds:.0f} s; open {run_dir / 'index.html'}",
             highlight=False,
         )

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from unitkit.distributed import SINGLE_PROCESS, Shard
 from unitkit.errors import DataError
 
 
@@ -18,10 +19,10 @@ class ResumableBatches(torch.utils.data.Sampler[list[int]]):
     batches the uninterrupted run would have drawn, without storing sampler state.
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, start: int = 0) -> None:
+    def __init__(self, size: int, batch_size: int, seed: int, start: int = 0, shard: Shard = SINGLE_PROCESS) -> None:
         if size == 0:
             raise ValueError("the dataset is empty")
-        self.size, self.batch_size, self.seed, self.start = size, batch_size, seed, start
+        self.size, self.batch_size, self.seed, self.start, self.shard = size, batch_size, seed, start, shard
 
     def _epoch(self, epoch: int) -> Tensor:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -40,20 +41,28 @@ class ResumableBatches(torch.utils.data.Sampler[list[int]]):
                 take = min(self.batch_size - len(batch), self.size - offset)
                 batch.extend(order[offset : offset + take].tolist())
                 offset += take
-            yield batch
+            yield batch[self.shard.slice(len(batch))]
 
 
 def endless_images(
-    dataset: Dataset, batch_size: int, seed: int, start: int, num_workers: int, pin_memory: bool
+    dataset: Dataset,
+    batch_size: int,
+    seed: int,
+    start: int,
+    num_workers: int,
+    pin_memory: bool,
+    shard: Shard = SINGLE_PROCESS,
 ) -> Iterator[Tensor]:
     """Yield image batches forever, beginning where iteration ``start`` of a run with this seed would.
+
+    ``batch_size`` is the global batch; each process of a data-parallel run gets its own slice of it.
 
     The loader gets its own generator: left to itself it would draw worker seeds from the global RNG when it
     starts, so a resumed run's noise would differ from the uninterrupted run's.
     """
     loader = DataLoader(
         dataset,
-        batch_sampler=ResumableBatches(len(dataset), batch_size, seed, start),
+        batch_sampler=ResumableBatches(len(dataset), batch_size, seed, start, shard),
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,

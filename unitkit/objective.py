@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from unitkit.components import GANLoss
+from unitkit.distributed import SINGLE_PROCESS, Shard
 from unitkit.model import UNIT
 from unitkit.recipe import ObjectiveSettings
 
@@ -24,9 +25,16 @@ def kl_divergence(mean: Tensor) -> Tensor:
     return mean.pow(2).mean()
 
 
-def with_noise(mean: Tensor) -> Tensor:
-    """A sample z = mean + ε, ε ~ N(0, I): the reparameterised draw from q(z|x) with unit variance."""
-    return mean + torch.randn_like(mean)
+def with_noise(mean: Tensor, shard: Shard = SINGLE_PROCESS) -> Tensor:
+    """A sample z = mean + ε, ε ~ N(0, I): the reparameterised draw from q(z|x) with unit variance.
+
+    Under data parallelism every process draws the noise of the whole global batch (their RNGs agree) and keeps
+    its own slice, so the result does not depend on the number of processes.
+    """
+    if shard.world == 1:
+        return mean + torch.randn_like(mean)
+    noise = torch.randn((len(mean) * shard.world, *mean.shape[1:]), dtype=mean.dtype, device=mean.device)
+    return mean + noise[shard.slice(len(noise))]
 
 
 def decode(generator: torch.nn.Module, *latents: Tensor) -> list[Tensor]:
@@ -53,10 +61,12 @@ class Translations:
     bab: Tensor | None = None
 
 
-def translate_both(model: UNIT, x_a: Tensor, x_b: Tensor, weights: ObjectiveSettings) -> Translations:
+def translate_both(
+    model: UNIT, x_a: Tensor, x_b: Tensor, weights: ObjectiveSettings, shard: Shard = SINGLE_PROCESS
+) -> Translations:
     """Encode both domains, reconstruct, translate and (when a cycle weight is set) translate back."""
     h_a, h_b = model.encode_pair(x_a, x_b)
-    z_a, z_b = with_noise(h_a), with_noise(h_b)
+    z_a, z_b = with_noise(h_a, shard), with_noise(h_b, shard)
     if weights.recon:
         recon_a, ba = decode(model.gen_a, z_a, z_b)
         ab, recon_b = decode(model.gen_b, z_a, z_b)
@@ -67,10 +77,8 @@ def translate_both(model: UNIT, x_a: Tensor, x_b: Tensor, weights: ObjectiveSett
     if weights.cycle or weights.kl_cycle:
         out.h_ba, out.h_ab = model.encode_pair(ba, ab)
         if weights.cycle:
-            (out.aba,), (out.bab,) = (
-                decode(model.gen_a, with_noise(out.h_ab)),
-                decode(model.gen_b, with_noise(out.h_ba)),
-            )
+            (out.aba,) = decode(model.gen_a, with_noise(out.h_ab, shard))
+            (out.bab,) = decode(model.gen_b, with_noise(out.h_ba, shard))
     return out
 
 

@@ -71,6 +71,11 @@ class TrainSettings(BaseModel):
     checkpoint_every: Positive = Field(10_000, description="iterations between checkpoints")
     keep_checkpoints: Positive = Field(3, description="how many recent checkpoints to keep")
     deterministic: bool = Field(False, description="deterministic kernels only (bit-exact resume; slower on GPU)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast dtype; auto: bf16 (fp16 with loss scaling if unsupported) on CUDA, fp32 on CPU"
+    )
+    channels_last: bool | Literal["auto"] = Field("auto", description="NHWC memory layout; auto: on for CUDA")
+    compile: bool = Field(False, description="torch.compile each network (slow start, faster steps)")
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a NaN/inf loss stops the run, or skips that update (checked every step) and counts it"
     )

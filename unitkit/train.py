@@ -3,6 +3,9 @@
 One iteration: encode both domains, reconstruct and translate (once), update the discriminators on the
 detached translations, then update encoders and generators against the freshly updated discriminators.
 The generator forward pass is shared by both updates: the authors' code recomputes it for the discriminator.
+
+The same loop runs on one CPU, one GPU (mixed precision, channels_last, torch.compile as recipe switches) or
+many processes under torchrun (DistributedDataParallel; see unitkit.distributed).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import math
 import random
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +24,17 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from unitkit import checkpoint as ckpt
+from unitkit import distributed
 from unitkit.data import endless_images, first_images
 from unitkit.errors import DataError, TrainingError
 from unitkit.evaluate import evaluate_run
 from unitkit.model import build_model
 from unitkit.objective import discriminator_loss, generator_losses, translate_both
-from unitkit.recipe import Recipe
+from unitkit.recipe import Recipe, TrainSettings
 from unitkit.registry import Registries
 from unitkit.report import plot_losses, sample_grid, write_index
 
@@ -109,6 +115,33 @@ def _progress(console: Console) -> Progress:
     )
 
 
+class Synced(nn.Module):
+    """Runs ``function`` as the forward of ``networks``, so DistributedDataParallel sees the pass and averages
+    exactly those networks' gradients (shared blocks included once) across processes."""
+
+    def __init__(self, networks: list[nn.Module], function: Callable[..., object]) -> None:
+        super().__init__()
+        self.networks = nn.ModuleList(networks)
+        self.function = function
+
+    def forward(self, *args: object) -> object:
+        return self.function(*args)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """``auto``: bf16 on a GPU that has it, else fp16 (with loss scaling) on CUDA; fp32 on CPU. None means fp32."""
+    if precision == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        precision = "fp32" if device.type != "cuda" else "bf16" if bf16 else "fp16"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def speed_switches(cfg: TrainSettings, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """The autocast dtype and whether to use channels_last, with ``auto`` resolved for this device."""
+    channels_last = device.type == "cuda" if cfg.channels_last == "auto" else bool(cfg.channels_last)
+    return autocast_dtype(cfg.precision, device), channels_last
+
+
 def train(
     recipe: Recipe,
     registries: Registries,
@@ -118,15 +151,23 @@ def train(
     console: Console | None = None,
     show_progress: bool = True,
 ) -> RunResult:
-    """Train (or, with ``resume``, continue) the run described by ``recipe`` in ``run_dir``."""
+    """Train (or, with ``resume``, continue) the run described by ``recipe`` in ``run_dir``.
+
+    Under torchrun every process calls this; rank 0 alone writes the run directory.
+    """
     console = console or Console()
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.toml").write_text(recipe.to_toml(), encoding="utf-8")
     cfg, weights = recipe.train, recipe.objective
-    device = resolve_device(cfg.device)
+    shard, device = distributed.start(resolve_device(cfg.device))
+    if cfg.batch_size % shard.world:
+        raise TrainingError(f"train.batch_size = {cfg.batch_size} must be divisible by the {shard.world} processes")
+    run_dir = Path(run_dir)
+    if shard.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.toml").write_text(recipe.to_toml(), encoding="utf-8")
     seed_everything(cfg.seed)
     torch.use_deterministic_algorithms(cfg.deterministic)
+    dtype, channels_last = speed_switches(cfg, device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     # Data, networks, losses, optimisers.
     try:
@@ -135,7 +176,11 @@ def train(
         raise DataError(f"[data] kind = {recipe.data.kind!r}: {exc}") from exc
     data_info = {"channels": list(data.channels), "image_size": data.image_size, "num_classes": data.num_classes,
                  "paired_test": data.paired_test, "head_classes": 0}  # fmt: skip
-    model = build_model(recipe, registries, data.channels, image_size=data.image_size).to(device)
+    model = build_model(recipe, registries, data.channels, image_size=data.image_size)
+    model = model.to(device=device, memory_format=memory_format)
+    if cfg.compile:
+        for network in (model.enc_a, model.enc_b, model.gen_a, model.gen_b, model.dis_a, model.dis_b):
+            network.compile()  # in place: parameter names, and so checkpoints, stay the same
     gan = registries.gan_losses.get(recipe.gan_loss.kind).factory(**recipe.gan_loss.settings)
     reconstruction = registries.reconstruction_losses.get(recipe.reconstruction_loss.kind).factory(
         **recipe.reconstruction_loss.settings
@@ -149,6 +194,8 @@ def train(
         name: torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step or 2**62, gamma=cfg.lr_gamma)
         for name, opt in optimizers.items()
     }
+    # fp16 needs loss scaling; for bf16 and fp32 the scalers are disabled and pass everything through.
+    scalers = {name: torch.amp.GradScaler(device.type, enabled=dtype == torch.float16) for name in optimizers}
     checkpoints = run_dir / "checkpoints"
 
     step = 0
@@ -161,35 +208,69 @@ def train(
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(state.optimizers[name])
             schedulers[name].load_state_dict(state.schedulers[name])
+            if state.schedulers.get(f"scaler/{name}"):
+                scalers[name].load_state_dict(state.schedulers[f"scaler/{name}"])
         ckpt.restore_rng(state.rng["tensors"], state.rng["meta"])
         step = state.step
-        console.print(f"resumed from {state.path} at iteration {step:,}")
+        if shard.is_main:
+            console.print(f"resumed from {state.path} at iteration {step:,}")
+
+    # One generator pass and the discriminator loss, each a module forward so DDP can sync their gradients.
+    generator_pass = Synced(
+        [model.enc_a, model.enc_b, model.gen_a, model.gen_b],
+        lambda x_a, x_b: translate_both(model, x_a, x_b, weights, shard),
+    )
+    discriminator_pass = Synced([model.dis_a, model.dis_b], lambda t: discriminator_loss(model, t, gan, weights))
+    if shard.world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        generator_pass = DistributedDataParallel(generator_pass, device_ids=ids)
+        discriminator_pass = DistributedDataParallel(discriminator_pass, device_ids=ids)
 
     pin = device.type == "cuda"
-    stream_a = endless_images(data.train_a, cfg.batch_size, cfg.seed, step, cfg.num_workers, pin)
-    stream_b = endless_images(data.train_b, cfg.batch_size, cfg.seed + 1, step, cfg.num_workers, pin)
+    stream_a = endless_images(data.train_a, cfg.batch_size, cfg.seed, step, cfg.num_workers, pin, shard)
+    stream_b = endless_images(data.train_b, cfg.batch_size, cfg.seed + 1, step, cfg.num_workers, pin, shard)
     fixed_a = first_images(data.test_a, cfg.sample_count).to(device)
     fixed_b = first_images(data.test_b, cfg.sample_count).to(device)
-    loggers = [registries.loggers.get(c.kind).factory(run_dir=run_dir, **c.settings) for c in recipe.loggers]
+    loggers = (
+        [registries.loggers.get(c.kind).factory(run_dir=run_dir, **c.settings) for c in recipe.loggers]
+        if shard.is_main
+        else []
+    )
 
     def save() -> Path:
-        return ckpt.save_checkpoint(
-            checkpoints, step, model, optimizers, schedulers, recipe.to_toml(), data_info, cfg.keep_checkpoints
-        )
+        path = ckpt.checkpoint_path(checkpoints, step)
+        if shard.is_main:
+            with_scalers = {**schedulers, **{f"scaler/{name}": s for name, s in scalers.items()}}
+            ckpt.save_checkpoint(
+                checkpoints, step, model, optimizers, with_scalers, recipe.to_toml(), data_info, cfg.keep_checkpoints
+            )
+        return path
 
     def samples() -> None:
+        if not shard.is_main:
+            return
         path = sample_grid(model, fixed_a, fixed_b, run_dir / "samples" / f"step_{step:09d}.png")
         for logger in loggers:
             logger.log_image(step, "samples", str(path))
         plot_losses(run_dir / "log.jsonl", run_dir / "losses.png")
         write_index(run_dir, recipe.name, f"iteration {step:,} of {cfg.iterations:,}")
 
+    def update(name: str, loss: torch.Tensor) -> bool:
+        """Backward and step one optimiser (with loss scaling under fp16); False when a bad loss was skipped."""
+        scalers[name].scale(loss).backward()
+        if not update_allowed(cfg.on_nonfinite, loss):
+            return False
+        scalers[name].step(optimizers[name])
+        scalers[name].update()
+        return True
+
     start_step, started = step, time.perf_counter()
-    progress = _progress(console) if show_progress else None
+    progress = _progress(console) if show_progress and shard.is_main else None
     task = progress.add_task(recipe.name, total=cfg.iterations, completed=step, speed="", losses="") if progress else 0
     interrupted, skipped_updates = "", 0
     model.train()
     with ExitStack() as cleanup:
+        cleanup.callback(distributed.stop)
         for logger in loggers:
             cleanup.callback(logger.close)
         cleanup.enter_context(sigterm_as_interrupt())
@@ -197,31 +278,26 @@ def train(
             cleanup.enter_context(progress)
         try:
             while step < cfg.iterations:
-                x_a = next(stream_a).to(device, non_blocking=True)
-                x_b = next(stream_b).to(device, non_blocking=True)
+                x_a = next(stream_a).to(device, memory_format=memory_format, non_blocking=True)
+                x_b = next(stream_b).to(device, memory_format=memory_format, non_blocking=True)
                 with out_of_memory_advice(cfg.batch_size, data.image_size, device):
-                    t = translate_both(model, x_a, x_b, weights)
+                    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                        t = generator_pass(x_a, x_b)
 
                     # Discriminators: real images against the (detached) translations.
                     loss_d = None
                     if weights.gan:
                         optimizers["discriminator"].zero_grad(set_to_none=True)
-                        loss_d = discriminator_loss(model, t, gan, weights)
-                        loss_d.backward()
-                        if update_allowed(cfg.on_nonfinite, loss_d):
-                            optimizers["discriminator"].step()
-                        else:
-                            skipped_updates += 1
+                        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                            loss_d = discriminator_pass(t)
+                        skipped_updates += not update("discriminator", loss_d)
 
                     # Encoders and generators: VAE, GAN and cycle terms against the updated discriminators.
+                    optimizers["generator"].zero_grad(set_to_none=True)
                     with frozen(model.dis_a, model.dis_b):
-                        terms = generator_losses(model, t, gan, reconstruction, weights)
-                        optimizers["generator"].zero_grad(set_to_none=True)
-                        terms["total"].backward()
-                    if update_allowed(cfg.on_nonfinite, terms["total"]):
-                        optimizers["generator"].step()
-                    else:
-                        skipped_updates += 1
+                        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                            terms = generator_losses(model, t, gan, reconstruction, weights)
+                        skipped_updates += not update("generator", terms["total"])
                 for scheduler in schedulers.values():
                     scheduler.step()
                 step += 1
@@ -235,7 +311,7 @@ def train(
                         logger.log_scalars(step, scalars)
                     if progress:
                         rate = (step - start_step) / (time.perf_counter() - started)
-                        shown = " ".join(f"{k}={v:.3g}" for k, v in scalars.items() if k != "lr")
+                        shown = " ".join(f"{k}={v:.3g}" for k, v in scalars.items() if k.startswith(("G/", "D/")))
                         progress.update(task, completed=step, speed=f"{rate:.2f} it/s", losses=shown)
                 elif progress:
                     progress.update(task, completed=step)
@@ -248,11 +324,11 @@ def train(
         path = save()
         samples()
         unreadable = sum(getattr(d, "skipped", 0) for d in (data.train_a, data.train_b))
-        if unreadable:
+        if unreadable and shard.is_main:
             console.print(f"[yellow]skipped {unreadable} unreadable image file(s)[/] (data.bad_files = 'skip')")
             for logger in loggers:
                 logger.log_scalars(step, {"data/skipped_files": unreadable})
-        if not interrupted:
+        if not interrupted and shard.is_main:
             results = evaluate_run(model, data, device)
             if results:
                 for logger in loggers:

@@ -1,0 +1,91 @@
+"""Precision, memory layout and compilation switches give the same training; torchrun with 2 CPU processes
+(gloo) trains the same weights as one process with the same global batch, and writes one checkpoint."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from unitkit import checkpoint as ckpt
+from unitkit.plugins import load_plugins
+from unitkit.recipe import load_recipe
+from unitkit.train import autocast_dtype, train
+
+
+def losses(tiny_recipe, run_dir, *overrides):
+    registries = load_plugins(autoload=False).registries
+    recipe = load_recipe(tiny_recipe, registries, ["train.iterations=3", "train.sample_every=100", *overrides])
+    train(recipe, registries, run_dir, show_progress=False)
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [r for r in records if "G/total" in r]
+
+
+def compare(a, b, rel):
+    assert len(a) == len(b) == 3
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("G/total", "G/gan", "G/recon", "D/total"):
+            assert ra[key] == pytest.approx(rb[key], rel=rel), (ra["step"], key)
+
+
+def test_auto_switches_resolve_per_device():
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+
+
+def test_bf16_autocast_matches_fp32_within_tolerance(tiny_recipe, tmp_path):
+    compare(
+        losses(tiny_recipe, tmp_path / "fp32"), losses(tiny_recipe, tmp_path / "bf16", "train.precision=bf16"), 0.05
+    )
+
+
+def test_channels_last_matches_contiguous(tiny_recipe, tmp_path):
+    plain = losses(tiny_recipe, tmp_path / "plain", "train.channels_last=false")
+    compare(plain, losses(tiny_recipe, tmp_path / "nhwc", "train.channels_last=true"), 1e-4)
+
+
+def test_compile_matches_eager(tiny_recipe, tmp_path):
+    eager = losses(tiny_recipe, tmp_path / "eager")
+    compare(eager, losses(tiny_recipe, tmp_path / "compiled", "train.compile=true"), 1e-3)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_match_one_process(tiny_recipe, tmp_path):
+    common = ["train.iterations=3", "train.batch_size=4", "train.checkpoint_every=3", "train.deterministic=true"]
+    registries = load_plugins(autoload=False).registries
+    train(load_recipe(tiny_recipe, registries, common), registries, tmp_path / "one", show_progress=False)
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), "-m", "unitkit", "run", str(tiny_recipe), "--out",
+               str(tmp_path / "two"), "--quiet", *(f"--set={o}" for o in common)]  # fmt: skip
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**_env(), "OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "two" / "checkpoints")] == ["step_000000003.safetensors"]
+    assert result.stdout.count("done 3 iterations") == 1  # rank 0 alone reports
+
+    one = ckpt.read_checkpoint(ckpt.checkpoint_path(tmp_path / "one" / "checkpoints", 3)).model_state
+    two = ckpt.read_checkpoint(ckpt.checkpoint_path(tmp_path / "two" / "checkpoints", 3)).model_state
+    assert one.keys() == two.keys()
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
+
+    # Resume the two-process run in one process: the world size may change between runs.
+    resumed = load_recipe(tiny_recipe, registries, [*common, "train.iterations=4"])
+    assert train(resumed, registries, tmp_path / "two", resume=True, show_progress=False).step == 4
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
