@@ -29,12 +29,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from unitkit import checkpoint as ckpt
 from unitkit import distributed
+from unitkit.components import GANLoss
 from unitkit.data import endless_images, first_images
 from unitkit.errors import DataError, TrainingError
 from unitkit.evaluate import evaluate_run
-from unitkit.model import build_model
+from unitkit.model import UNIT, build_model
 from unitkit.objective import discriminator_loss, generator_losses, translate_both
-from unitkit.recipe import Recipe, TrainSettings
+from unitkit.recipe import ObjectiveSettings, Recipe, TrainSettings
 from unitkit.registry import Registries
 from unitkit.report import plot_losses, sample_grid, write_index
 
@@ -142,41 +143,77 @@ def speed_switches(cfg: TrainSettings, device: torch.device) -> tuple[torch.dtyp
     return autocast_dtype(cfg.precision, device), channels_last
 
 
-def train(
+@dataclass
+class UnitStep:
+    """Everything one training iteration touches; calling it runs the iteration (the heart of this file)."""
+
+    model: UNIT
+    generator_pass: nn.Module  # E/G forward (DDP-wrapped under torchrun)
+    discriminator_pass: nn.Module  # D loss (DDP-wrapped under torchrun)
+    gan: GANLoss
+    reconstruction: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    weights: ObjectiveSettings
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
+    scalers: dict[str, torch.amp.GradScaler]
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype; None: fp32
+    memory_format: torch.memory_format
+    on_nonfinite: str
+
+    def __call__(
+        self, x_a: torch.Tensor, x_b: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, int]:
+        """One iteration on a batch of each domain; returns the generator terms, the D loss, skipped updates."""
+        x_a = x_a.to(self.device, memory_format=self.memory_format, non_blocking=True)
+        x_b = x_b.to(self.device, memory_format=self.memory_format, non_blocking=True)
+        with self.autocast():
+            t = self.generator_pass(x_a, x_b)
+
+        # Discriminators: real images against the (detached) translations.
+        loss_d, skipped = None, 0
+        if self.weights.gan:
+            self.optimizers["discriminator"].zero_grad(set_to_none=True)
+            with self.autocast():
+                loss_d = self.discriminator_pass(t)
+            skipped += not self.update("discriminator", loss_d)
+
+        # Encoders and generators: VAE, GAN and cycle terms against the updated discriminators.
+        self.optimizers["generator"].zero_grad(set_to_none=True)
+        with frozen(self.model.dis_a, self.model.dis_b):
+            with self.autocast():
+                terms = generator_losses(self.model, t, self.gan, self.reconstruction, self.weights)
+            skipped += not self.update("generator", terms["total"])
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+        return terms, loss_d, skipped
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def update(self, name: str, loss: torch.Tensor) -> bool:
+        """Backward and step one optimiser (loss scaling under fp16); False when a bad loss was skipped."""
+        self.scalers[name].scale(loss).backward()
+        if not update_allowed(self.on_nonfinite, loss):
+            return False
+        self.scalers[name].step(self.optimizers[name])
+        self.scalers[name].update()
+        return True
+
+
+def build_step(
     recipe: Recipe,
     registries: Registries,
-    run_dir: Path,
-    *,
-    resume: bool = False,
-    console: Console | None = None,
-    show_progress: bool = True,
-) -> RunResult:
-    """Train (or, with ``resume``, continue) the run described by ``recipe`` in ``run_dir``.
-
-    Under torchrun every process calls this; rank 0 alone writes the run directory.
-    """
-    console = console or Console()
+    channels: tuple[int, int],
+    image_size: int,
+    device: torch.device,
+    shard: distributed.Shard = distributed.SINGLE_PROCESS,
+) -> UnitStep:
+    """Networks, losses, optimisers and speed switches of a recipe, ready to train on ``device``."""
     cfg, weights = recipe.train, recipe.objective
-    shard, device = distributed.start(resolve_device(cfg.device))
-    if cfg.batch_size % shard.world:
-        raise TrainingError(f"train.batch_size = {cfg.batch_size} must be divisible by the {shard.world} processes")
-    run_dir = Path(run_dir)
-    if shard.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.toml").write_text(recipe.to_toml(), encoding="utf-8")
-    seed_everything(cfg.seed)
-    torch.use_deterministic_algorithms(cfg.deterministic)
     dtype, channels_last = speed_switches(cfg, device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-
-    # Data, networks, losses, optimisers.
-    try:
-        data = registries.datasets.get(recipe.data.kind).factory(**recipe.data.settings)
-    except (OSError, ValueError, ImportError) as exc:
-        raise DataError(f"[data] kind = {recipe.data.kind!r}: {exc}") from exc
-    data_info = {"channels": list(data.channels), "image_size": data.image_size, "num_classes": data.num_classes,
-                 "paired_test": data.paired_test, "head_classes": 0}  # fmt: skip
-    model = build_model(recipe, registries, data.channels, image_size=data.image_size)
+    model = build_model(recipe, registries, channels, image_size=image_size)
     model = model.to(device=device, memory_format=memory_format)
     if cfg.compile:
         for network in (model.enc_a, model.enc_b, model.gen_a, model.gen_b, model.dis_a, model.dis_b):
@@ -196,6 +233,59 @@ def train(
     }
     # fp16 needs loss scaling; for bf16 and fp32 the scalers are disabled and pass everything through.
     scalers = {name: torch.amp.GradScaler(device.type, enabled=dtype == torch.float16) for name in optimizers}
+
+    # The generator pass and the discriminator loss are module forwards so DDP can sync their gradients.
+    generator_pass: nn.Module = Synced(
+        [model.enc_a, model.enc_b, model.gen_a, model.gen_b],
+        lambda x_a, x_b: translate_both(model, x_a, x_b, weights, shard),
+    )
+    discriminator_pass: nn.Module = Synced(
+        [model.dis_a, model.dis_b], lambda t: discriminator_loss(model, t, gan, weights)
+    )
+    if shard.world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        generator_pass = DistributedDataParallel(generator_pass, device_ids=ids)
+        discriminator_pass = DistributedDataParallel(discriminator_pass, device_ids=ids)
+    return UnitStep(
+        model, generator_pass, discriminator_pass, gan, reconstruction, weights, optimizers, schedulers, scalers,
+        device, dtype, memory_format, cfg.on_nonfinite,
+    )  # fmt: skip
+
+
+def train(
+    recipe: Recipe,
+    registries: Registries,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> RunResult:
+    """Train (or, with ``resume``, continue) the run described by ``recipe`` in ``run_dir``.
+
+    Under torchrun every process calls this; rank 0 alone writes the run directory.
+    """
+    console = console or Console()
+    cfg = recipe.train
+    shard, device = distributed.start(resolve_device(cfg.device))
+    if cfg.batch_size % shard.world:
+        raise TrainingError(f"train.batch_size = {cfg.batch_size} must be divisible by the {shard.world} processes")
+    run_dir = Path(run_dir)
+    if shard.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.toml").write_text(recipe.to_toml(), encoding="utf-8")
+    seed_everything(cfg.seed)
+    torch.use_deterministic_algorithms(cfg.deterministic)
+
+    # Data, networks, losses, optimisers.
+    try:
+        data = registries.datasets.get(recipe.data.kind).factory(**recipe.data.settings)
+    except (OSError, ValueError, ImportError) as exc:
+        raise DataError(f"[data] kind = {recipe.data.kind!r}: {exc}") from exc
+    data_info = {"channels": list(data.channels), "image_size": data.image_size, "num_classes": data.num_classes,
+                 "paired_test": data.paired_test, "head_classes": 0}  # fmt: skip
+    unit = build_step(recipe, registries, data.channels, data.image_size, device, shard)
+    model, optimizers, schedulers, scalers = unit.model, unit.optimizers, unit.schedulers, unit.scalers
     checkpoints = run_dir / "checkpoints"
 
     step = 0
@@ -214,17 +304,6 @@ def train(
         step = state.step
         if shard.is_main:
             console.print(f"resumed from {state.path} at iteration {step:,}")
-
-    # One generator pass and the discriminator loss, each a module forward so DDP can sync their gradients.
-    generator_pass = Synced(
-        [model.enc_a, model.enc_b, model.gen_a, model.gen_b],
-        lambda x_a, x_b: translate_both(model, x_a, x_b, weights, shard),
-    )
-    discriminator_pass = Synced([model.dis_a, model.dis_b], lambda t: discriminator_loss(model, t, gan, weights))
-    if shard.world > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        generator_pass = DistributedDataParallel(generator_pass, device_ids=ids)
-        discriminator_pass = DistributedDataParallel(discriminator_pass, device_ids=ids)
 
     pin = device.type == "cuda"
     stream_a = endless_images(data.train_a, cfg.batch_size, cfg.seed, step, cfg.num_workers, pin, shard)
@@ -255,15 +334,6 @@ def train(
         plot_losses(run_dir / "log.jsonl", run_dir / "losses.png")
         write_index(run_dir, recipe.name, f"iteration {step:,} of {cfg.iterations:,}")
 
-    def update(name: str, loss: torch.Tensor) -> bool:
-        """Backward and step one optimiser (with loss scaling under fp16); False when a bad loss was skipped."""
-        scalers[name].scale(loss).backward()
-        if not update_allowed(cfg.on_nonfinite, loss):
-            return False
-        scalers[name].step(optimizers[name])
-        scalers[name].update()
-        return True
-
     start_step, started = step, time.perf_counter()
     progress = _progress(console) if show_progress and shard.is_main else None
     task = progress.add_task(recipe.name, total=cfg.iterations, completed=step, speed="", losses="") if progress else 0
@@ -278,28 +348,9 @@ def train(
             cleanup.enter_context(progress)
         try:
             while step < cfg.iterations:
-                x_a = next(stream_a).to(device, memory_format=memory_format, non_blocking=True)
-                x_b = next(stream_b).to(device, memory_format=memory_format, non_blocking=True)
                 with out_of_memory_advice(cfg.batch_size, data.image_size, device):
-                    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                        t = generator_pass(x_a, x_b)
-
-                    # Discriminators: real images against the (detached) translations.
-                    loss_d = None
-                    if weights.gan:
-                        optimizers["discriminator"].zero_grad(set_to_none=True)
-                        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                            loss_d = discriminator_pass(t)
-                        skipped_updates += not update("discriminator", loss_d)
-
-                    # Encoders and generators: VAE, GAN and cycle terms against the updated discriminators.
-                    optimizers["generator"].zero_grad(set_to_none=True)
-                    with frozen(model.dis_a, model.dis_b):
-                        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                            terms = generator_losses(model, t, gan, reconstruction, weights)
-                        skipped_updates += not update("generator", terms["total"])
-                for scheduler in schedulers.values():
-                    scheduler.step()
+                    terms, loss_d, skipped = unit(next(stream_a), next(stream_b))
+                skipped_updates += skipped
                 step += 1
 
                 # Bookkeeping. Reading a loss synchronises with the device, so it happens only at log steps.
