@@ -117,8 +117,11 @@ def test_unitkit_data_expansion(tmp_path, registries, monkeypatch):
 
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("*.toml")), ids=lambda p: p.name)
-def test_every_shipped_recipe_and_ablation_validates(recipe, registries):
+def test_every_shipped_recipe_and_ablation_validates(recipe):
+    from unitkit.plugins import load_plugins
     from unitkit.recipe import ablation_names
+
+    registries = load_plugins().registries  # with the plugins in plugins/, which dev.sh installs
 
     for name in ["", *ablation_names(recipe)]:
         load_recipe(recipe, registries, ablation=name)
