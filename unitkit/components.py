@@ -53,7 +53,9 @@ class Discriminator(nn.Module):
     """Scores images as real or fake.
 
     ``forward`` returns a list of logit tensors (one per scale; a single-scale discriminator returns a list of
-    one). ``trunk`` names, as dotted attribute paths, the sub-modules that discriminator sharing ties between
+    one). The trainer scores a batch of real and a batch of fake images in one call, so a discriminator must
+    score each image independently (no batch statistics). ``trunk`` names, as dotted attribute paths, the
+    sub-modules that discriminator sharing ties between
     the two domains. A discriminator with a classifier head sets ``num_classes`` and implements ``classify``.
     """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -89,17 +90,22 @@ def plot_losses(log_path: Path, out_path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     keys = sorted({k for r in records for k in r if k not in ("step", "time") and isinstance(r[k], float | int)})
+    series = {k: [(r["step"], r[k]) for r in records if k in r] for k in keys}
+    series = {k: v for k, v in series.items() if len({y for _, y in v}) > 1}  # a constant says nothing
+    if not series:
+        return None
     groups: dict[str, list[str]] = {}
-    for key in keys:
+    for key in series:
         groups.setdefault(key.split("/")[0] if "/" in key else "other", []).append(key)
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.5), squeeze=False)
     for ax, (group, members) in zip(axes[0], groups.items(), strict=True):
+        values = [y for key in members for _, y in series[key] if math.isfinite(y)]
         for key in members:
-            points = [(r["step"], r[key]) for r in records if key in r]
-            ax.plot([p[0] for p in points], [p[1] for p in points], label=key, linewidth=1)
+            ax.plot([x for x, _ in series[key]], [y for _, y in series[key]], label=key, linewidth=1)
         ax.set_title(group)
         ax.set_xlabel("iteration")
-        ax.set_yscale("symlog", linthresh=1e-2)
+        if values and min(values) > 0 and max(values) / min(values) > 20:  # terms spanning decades
+            ax.set_yscale("log")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()

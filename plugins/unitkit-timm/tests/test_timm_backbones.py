@@ -161,3 +161,14 @@ def test_two_iterations_through_the_cli(tmp_path):
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     assert 0 <= evaluation["pixel_accuracy_a2b"] <= 1 and 0 <= evaluation["pixel_accuracy_b2a"] <= 1
     assert (run_dir / "checkpoints" / "step_000000002.safetensors").is_file()
+
+
+def test_list_plugins_shows_the_installed_package():
+    from importlib.metadata import version
+
+    result = CliRunner(env={"COLUMNS": "250"}).invoke(main, ["list-plugins"], catch_exceptions=False)
+    assert result.exit_code == 0
+    rows = [line for line in result.output.splitlines() if "unitkit-timm" in line]
+    assert any("encoder" in row and " timm " in row for row in rows), result.output
+    assert any("generator" in row and " timm " in row for row in rows)
+    assert all(version("unitkit-timm") in row for row in rows)
