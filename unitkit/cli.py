@@ -130,6 +130,7 @@ def show(recipe: Path, overrides: tuple[str, ...], ablation: str) -> None:
     resolved = load_recipe(recipe, plugins.registries, overrides, ablation)
     console.print(f"[bold]# {resolved.name}[/]" + (f" (ablation {ablation})" if ablation else ""), highlight=False)
     console.print(resolved.to_toml(), markup=False, highlight=False)
+    # show builds no dataset (that may read gigabytes); a dataset's own `channels` setting, if it has one, says.
     channels = resolved.data.settings.get("channels", 3)
     channels = (channels, channels) if isinstance(channels, int) else (3, 3)
     model = build_model(resolved, plugins.registries, channels)

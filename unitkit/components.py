@@ -140,13 +140,18 @@ def tie_submodule(source: nn.Module, target: nn.Module, path: str) -> None:
     setattr(target, leaf, getattr(source, leaf))
 
 
-def count_parameters(*modules: nn.Module) -> int:
-    """Number of distinct parameters across modules (a tensor tied into several modules counts once)."""
-    seen: dict[int, int] = {}
+def unique_parameters(*modules: nn.Module) -> list[nn.Parameter]:
+    """Parameters across modules, each tensor once even when tied into several of them, in first-seen order."""
+    seen: dict[int, nn.Parameter] = {}
     for module in modules:
         for p in module.parameters():
-            seen[id(p)] = p.numel()
-    return sum(seen.values())
+            seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def count_parameters(*modules: nn.Module) -> int:
+    """Number of distinct parameters across modules (a tensor tied into several modules counts once)."""
+    return sum(p.numel() for p in unique_parameters(*modules))
 
 
 def init_weights(module: nn.Module, scheme: str = "kaiming") -> None:

@@ -7,7 +7,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from unitkit.components import Discriminator, EncoderBackbone, GeneratorBackbone, count_parameters, tie_submodule
+from unitkit.components import (
+    Discriminator,
+    EncoderBackbone,
+    GeneratorBackbone,
+    count_parameters,
+    tie_submodule,
+    unique_parameters,
+)
 from unitkit.recipe import Component, Recipe, RecipeError
 from unitkit.registry import Registries
 
@@ -43,10 +50,10 @@ class UNIT(nn.Module):
 
     def generator_parameters(self) -> list[nn.Parameter]:
         """Encoder and generator parameters, each shared tensor once (what the generator optimiser updates)."""
-        return _unique(self.enc_a, self.enc_b, self.gen_a, self.gen_b)
+        return unique_parameters(self.enc_a, self.enc_b, self.gen_a, self.gen_b)
 
     def discriminator_parameters(self) -> list[nn.Parameter]:
-        return _unique(self.dis_a, self.dis_b)
+        return unique_parameters(self.dis_a, self.dis_b)
 
     @property
     def size_multiple(self) -> int:
@@ -79,14 +86,6 @@ def _first_shared_block(a: nn.Module, b: nn.Module) -> int:
     while index > 0 and a.blocks[index - 1] is b.blocks[index - 1]:
         index -= 1
     return index
-
-
-def _unique(*modules: nn.Module) -> list[nn.Parameter]:
-    seen: dict[int, nn.Parameter] = {}
-    for module in modules:
-        for p in module.parameters():
-            seen.setdefault(id(p), p)
-    return list(seen.values())
 
 
 @dataclass(frozen=True)
