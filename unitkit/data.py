@@ -12,6 +12,11 @@ from unitkit.distributed import SINGLE_PROCESS, Shard
 from unitkit.errors import DataError
 
 
+def seeded_generator(seed: int, offset: int) -> torch.Generator:
+    """A private CPU generator for stream ``offset`` (an epoch, a start step) of a run seeded with ``seed``."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + offset)
+
+
 class ResumableBatches(torch.utils.data.Sampler[list[int]]):
     """Endless batches of indices: a fresh permutation per epoch, fixed by (seed, epoch).
 
@@ -25,8 +30,7 @@ class ResumableBatches(torch.utils.data.Sampler[list[int]]):
         self.size, self.batch_size, self.seed, self.start, self.shard = size, batch_size, seed, start, shard
 
     def _epoch(self, epoch: int) -> Tensor:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.size, generator=generator)
+        return torch.randperm(self.size, generator=seeded_generator(self.seed, epoch))
 
     def __iter__(self) -> Iterator[list[int]]:
         position = self.start * self.batch_size
@@ -66,7 +70,7 @@ def endless_images(
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
-        generator=torch.Generator().manual_seed(seed * 1_000_003 + start),
+        generator=seeded_generator(seed, start),
     )
     try:
         for images, _labels in loader:
