@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,12 @@ def test_all_ablations_run_each_in_its_own_directory(tiny_recipe, tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "sweep" / "base" / "index.html").exists()
     assert "ablation" in (tmp_path / "sweep" / "no-sharing" / "recipe.toml").read_text()
+    # One results table for the sweep, as markdown, CSV and a bar chart, with each variant's metric.
+    rows = (tmp_path / "sweep" / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("variant,iterations,seconds,pixel_accuracy_a2b")
+    assert [row.split(",")[0] for row in rows[1:]] == ["base", "no-sharing"]
+    assert "| no-sharing | 1 |" in (tmp_path / "sweep" / "results.md").read_text()
+    assert Image.open(tmp_path / "sweep" / "results.png").size[0] > 100
 
 
 def test_recipe_error_exits_2_with_one_red_line_and_no_traceback(tmp_path):
@@ -113,3 +120,98 @@ def test_third_party_component_is_usable_from_a_recipe(third_party, tiny_recipe,
 def test_every_command_has_help_with_an_example(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0 and "Example" in result.output
+
+
+def fake_inception(path: Path) -> Path:
+    """A tiny TorchScript stand-in with the FID network's interface: (N, 3, 299, 299) in [-1, 1] → (N, 2048)."""
+    import torch
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(48, 2048))
+    with warnings.catch_warnings():  # TorchScript is deprecated, but it is the format the real network ships in
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(network).save(str(path))
+    return path
+
+
+def test_evaluate_command_computes_fid_kid_and_pixel_accuracy(tiny_recipe, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    run_dir = tmp_path / "run"
+    assert invoke("run", tiny_recipe, "--out", run_dir, "--quiet", "--set", "train.iterations=2").exit_code == 0
+    network = fake_inception(tmp_path / "inception.pt")
+    result = invoke("evaluate", run_dir, "--fid", "--inception", network, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    assert evaluation["iteration"] == 2 and evaluation["fid_images"] == 8
+    for key in ("fid_a2b", "fid_b2a", "kid_a2b", "kid_b2a", "fid_untranslated", "pixel_accuracy_a2b"):
+        assert key in evaluation and key in result.output
+    assert evaluation["fid_a2b"] >= 0 and evaluation["fid_untranslated"] > 0
+    assert len(list((tmp_path / "cache" / "unitkit" / "fid").glob("*.safetensors"))) == 2  # real A and B, cached
+
+    # A checkpoint file works too; fewer images change the cache key, and the JSON goes beside the checkpoint.
+    checkpoint = list_checkpoints(run_dir / "checkpoints")[-1]
+    again = invoke("evaluate", checkpoint, "--fid", "--fid-images", "4", "--inception", network, "--device", "cpu")
+    assert again.exit_code == 0, again.output
+    assert json.loads(checkpoint.with_suffix(".json").read_text())["fid_images"] == 4
+
+
+def test_a_run_that_needs_fid_fails_before_training_without_the_network(tiny_recipe, tmp_path, monkeypatch):
+    missing = tmp_path / "no-such-inception.pt"
+    result = unitkit_process("run", tiny_recipe, "--out", tmp_path / "run", "--quiet", "--set", "evaluate.fid=true",
+                             "--set", f"evaluate.inception={missing}")  # fmt: skip
+    assert result.returncode == 1 and "not found at" in result.stderr
+    assert not (tmp_path / "run" / "log.jsonl").exists()
+
+
+DIGITS_RUN = """
+[data]
+kind = "mnist-usps"
+root = "${UNITKIT_DATA}"
+[model.encoder]
+kind = "digits32"
+width = 2
+[model.generator]
+kind = "digits32"
+width = 2
+[model.discriminator]
+kind = "digits32"
+width = 2
+[model.sharing]
+kind = "all-but-ends"
+[model]
+share_discriminators = true
+[objective]
+cycle = 0.0
+kl_cycle = 0.0
+classify = 10.0
+feature = 1e-4
+fake_reconstructions = true
+[train]
+iterations = 4
+batch_size = 8
+eval_every = 2
+log_every = 2
+sample_every = 4
+checkpoint_every = 4
+device = "cpu"
+"""
+
+
+def test_domain_adaptation_run_reports_last_and_best_accuracy(shared_data, tmp_path):
+    recipe = tmp_path / "digits.toml"
+    recipe.write_text(DIGITS_RUN, encoding="utf-8")
+    run_dir = tmp_path / "run"
+    result = invoke("run", recipe, "--out", run_dir, "--quiet")
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    logged = [(r["step"], r["eval/accuracy_b"]) for r in records if "eval/accuracy_b" in r]
+    assert [step for step, _ in logged] == [2, 4]
+    assert evaluation["accuracy_b"] == logged[-1][1] and 0 <= evaluation["accuracy_b"] <= 1
+    best_step, best = max(logged, key=lambda pair: pair[1])
+    assert evaluation["best_accuracy_b"] == best and evaluation["best_accuracy_b_step"] in (2, 4)
+    assert any("D/classify" in r for r in records) and any("D/feature" in r for r in records)
+
+    evaluated = invoke("evaluate", run_dir, "--device", "cpu")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads((run_dir / "evaluation.json").read_text())["accuracy_b"] == evaluation["accuracy_b"]

@@ -167,6 +167,8 @@ def test_patch_discriminators_bad_arguments():
         MultiscalePatchDiscriminator(3, width=4)(torch.randn(1, 3, 32, 32))
     with pytest.raises(NotImplementedError, match="no classifier head"):
         PatchDiscriminator(3, width=4).classify(torch.randn(1, 3, 32, 32))
+    with pytest.raises(NotImplementedError, match="does not expose trunk features"):
+        PatchDiscriminator(3, width=4).features(torch.randn(1, 3, 32, 32))
 
 
 def test_digits_discriminator_with_classifier():
@@ -176,8 +178,12 @@ def test_digits_discriminator_with_classifier():
     x = torch.randn(3, 1, 32, 32)
     outputs = dis(x)
     assert len(outputs) == 1 and outputs[0].shape == (3, 1, 1, 1)
-    assert dis.features(x).shape == (3, 32, 2, 2)
-    logits = dis.classify(x)
+    dis.eval()  # no dropout: features + score must be forward exactly
+    torch.testing.assert_close(dis.score(dis.features(x))[0], dis(x)[0])
+    dis.train()
+    features = dis.features(x)
+    assert features.shape == (3, 32, 2, 2)
+    logits = dis.classify(features)
     assert logits.shape == (3, 10)
     (outputs[0].mean() + logits.mean()).backward()
     assert_all_parameters_get_gradients(dis)
@@ -191,7 +197,7 @@ def test_digits_discriminator_without_classifier_or_dropout():
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(dis(x)[0], dis(x)[0])  # deterministic without dropout, even in training mode
     with pytest.raises(NotImplementedError):
-        dis.classify(x)
+        dis.classify(dis.features(x))
     with pytest.raises(ValueError, match="32x32 images, got 64x64"):
         dis(torch.randn(2, 3, 64, 64))
 
@@ -201,7 +207,7 @@ def test_digits_discriminator_trunk_ties_across_channels():
     dis_b = Digits32Discriminator(1, num_classes=10, width=4)
     for path in dis_a.trunk:
         setattr(dis_b, path, getattr(dis_a, path))
-    assert dis_b.classify(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+    assert dis_b.classify(dis_b.features(torch.randn(2, 1, 32, 32))).shape == (2, 10)
     assert count_parameters(dis_a, dis_b) == count_parameters(dis_a) + count_parameters(dis_b.stem)
 
 

@@ -6,9 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unitkit.builtin.losses import LSGAN, HingeGAN, VanillaGAN
+from unitkit.builtin.losses import LSGAN, HingeGAN, VanillaGAN, l1, l2
 from unitkit.model import build_model
-from unitkit.objective import discriminator_loss, generator_losses, kl_divergence, translate_both
+from unitkit.objective import (
+    adversarial_discriminator,
+    discriminator_loss,
+    generator_losses,
+    kl_divergence,
+    translate_both,
+)
 from unitkit.recipe import load_recipe
 
 REAL = torch.tensor([[0.5], [2.0]])
@@ -123,7 +129,106 @@ def test_zero_weight_removes_the_term_and_its_computation(setup, zeroed, absent,
 def test_discriminator_loss_uses_detached_translations(setup):
     model, weights = setup()
     t, _ = run_terms(model, weights)
-    loss = discriminator_loss(model, t, LSGAN(), weights)
-    loss.backward()
+    terms = discriminator_loss(model, t, LSGAN(), weights)
+    assert set(terms) == {"gan", "total"}
+    terms["total"].backward()
     assert all(p.grad is None for p in model.generator_parameters())
     assert any(p.grad is not None for p in model.discriminator_parameters())
+
+
+def test_image_sum_reduction_sums_each_image_and_averages_the_batch():
+    x, y = torch.zeros(2, 1, 2, 2), torch.tensor([1.0, 2.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]).reshape(2, 1, 2, 2)
+    assert l2("image_sum")(x, y).item() == pytest.approx(((1 + 4) + 4) / 2)
+    assert l1("image_sum")(x, y).item() == pytest.approx(((1 + 2) + 4) / 2)
+    assert l2()(x, y).item() == pytest.approx(9 / 8)
+
+
+DIGITS_RECIPE = """
+[data]
+kind = "synthetic"
+[model.encoder]
+kind = "digits32"
+width = 2
+[model.generator]
+kind = "digits32"
+width = 2
+[model.discriminator]
+kind = "digits32"
+width = 2
+dropout = false
+[model.sharing]
+kind = "all-but-ends"
+[model]
+share_discriminators = true
+[objective]
+gan = 1.0
+recon = 1e-3
+cycle = 0.0
+kl_cycle = 0.0
+classify = 10.0
+feature = 1e-4
+fake_reconstructions = true
+"""
+
+
+@pytest.fixture
+def digits(tmp_path, registries):
+    def make(*overrides):
+        path = tmp_path / "digits.toml"
+        path.write_text(DIGITS_RECIPE, encoding="utf-8")
+        recipe = load_recipe(path, registries, overrides)
+        torch.manual_seed(0)
+        model = build_model(recipe, registries, (1, 1), num_classes=10)
+        x_a, x_b = torch.rand(4, 1, 32, 32) * 2 - 1, torch.rand(4, 1, 32, 32) * 2 - 1
+        return model, recipe.objective, translate_both(model, x_a, x_b, recipe.objective)
+
+    return make
+
+
+def test_domain_adaptation_terms_match_their_formulas(digits):
+    model, weights, t = digits()
+    labels = torch.tensor([0, 3, 9, 3])
+    terms = discriminator_loss(model, t, VanillaGAN(), weights, labels)
+    assert set(terms) == {"gan", "classify", "feature", "total"}
+
+    d_a, d_b = model.dis_a, model.dis_b
+    # Reconstructions count as fakes: each D sees real | translation + reconstruction.
+    expected_gan = adversarial_discriminator(VanillaGAN(), d_a(t.x_a), d_a(torch.cat([t.ba, t.recon_a]))) + (
+        adversarial_discriminator(VanillaGAN(), d_b(t.x_b), d_b(torch.cat([t.ab, t.recon_b])))
+    )
+    torch.testing.assert_close(terms["gan"], expected_gan)
+    expected_classify = 10 * F.cross_entropy(d_a.classify(d_a.features(t.x_a)), labels)
+    torch.testing.assert_close(terms["classify"], expected_classify)
+    # The translation to B and the reconstruction in A decode the same code; their trunk features should agree.
+    expected_feature = 1e-4 * (
+        (d_b.features(t.ab) - d_a.features(t.recon_a)).pow(2).sum((1, 2, 3)).mean()
+        + (d_a.features(t.ba) - d_b.features(t.recon_b)).pow(2).sum((1, 2, 3)).mean()
+    )
+    torch.testing.assert_close(terms["feature"], expected_feature)
+    torch.testing.assert_close(terms["total"], terms["gan"] + terms["classify"] + terms["feature"])
+
+
+def test_domain_adaptation_terms_train_the_shared_classifier_and_both_stems_not_the_generators(digits):
+    model, weights, t = digits("objective.gan=0.0")
+    terms = discriminator_loss(model, t, VanillaGAN(), weights, torch.tensor([1, 2, 3, 4]))
+    assert "gan" not in terms
+    terms["total"].backward()
+    assert model.dis_a.classifier is model.dis_b.classifier and model.dis_a.classifier.weight.grad is not None
+    assert model.dis_b.stem[0].weight.grad is not None  # B's stem learns through the feature term alone
+    assert all(p.grad is None for p in model.generator_parameters())
+
+
+def test_translations_alone_are_fakes_without_fake_reconstructions(digits):
+    model, weights, t = digits("objective.fake_reconstructions=false", "objective.classify=0.0",
+                               "objective.feature=0.0")  # fmt: skip
+    terms = discriminator_loss(model, t, VanillaGAN(), weights)
+    expected = adversarial_discriminator(VanillaGAN(), model.dis_a(t.x_a), model.dis_a(t.ba)) + (
+        adversarial_discriminator(VanillaGAN(), model.dis_b(t.x_b), model.dis_b(t.ab))
+    )
+    torch.testing.assert_close(terms["gan"], expected)
+
+
+def test_classify_without_labels_is_an_error(digits):
+    model, weights, t = digits()
+    with pytest.raises(ValueError, match="labels of the domain-A batch"):
+        discriminator_loss(model, t, VanillaGAN(), weights)

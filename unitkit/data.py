@@ -8,8 +8,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from unitkit.components import DomainData
 from unitkit.distributed import SINGLE_PROCESS, Shard
 from unitkit.errors import DataError
+from unitkit.recipe import Recipe
+from unitkit.registry import Registries
 
 
 def seeded_generator(seed: int, offset: int) -> torch.Generator:
@@ -56,8 +59,8 @@ def endless_images(
     num_workers: int,
     pin_memory: bool,
     shard: Shard = SINGLE_PROCESS,
-) -> Iterator[Tensor]:
-    """Yield image batches forever, beginning where iteration ``start`` of a run with this seed would.
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (images, labels) batches forever, beginning where iteration ``start`` of a run with this seed would.
 
     ``batch_size`` is the global batch; each process of a data-parallel run gets its own slice of it.
 
@@ -73,8 +76,7 @@ def endless_images(
         generator=seeded_generator(seed, start),
     )
     try:
-        for images, _labels in loader:
-            yield images
+        yield from loader
     except Exception as exc:  # whatever a dataset raises, the user needs to know it came from reading data
         raise DataError(f"reading the training data failed: {type(exc).__name__}: {exc}") from exc
 
@@ -82,3 +84,11 @@ def endless_images(
 def first_images(dataset: Dataset, count: int) -> Tensor:
     """The first ``count`` images of a dataset, stacked: the fixed inputs of a run's sample grids."""
     return torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))])
+
+
+def build_data(recipe: Recipe, registries: Registries) -> DomainData:
+    """The recipe's dataset; a failure to read it becomes a DataError naming the ``[data]`` kind."""
+    try:
+        return registries.datasets.get(recipe.data.kind).factory(**recipe.data.settings)
+    except (OSError, ValueError, ImportError) as exc:
+        raise DataError(f"[data] kind = {recipe.data.kind!r}: {exc}") from exc

@@ -1,14 +1,23 @@
-"""Metrics that judge a run. Pixel accuracy lives here; FID/KID and domain-adaptation accuracy build on it."""
+"""Metrics that judge a run: pixel accuracy against ground-truth pairs, the discriminators' classification
+accuracy (domain adaptation) and, in :mod:`unitkit.fid`, FID/KID."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import tomllib
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from unitkit.components import DomainData
-from unitkit.model import UNIT
-from unitkit.report import translate_images
+from unitkit.data import build_data
+from unitkit.fid import InceptionFeatures, cached_features, frechet_distance, kernel_inception_distance
+from unitkit.model import UNIT, evaluation_mode
+from unitkit.recipe import validate
+from unitkit.registry import Registries
+from unitkit.report import read_log, translate_images
+from unitkit.translate import load_trained_model
 
 #: A translated pixel counts as correct when every channel is within this many levels (of 255) of the truth,
 #: as in the paper's map experiment.
@@ -27,16 +36,13 @@ def pixel_accuracy(prediction: Tensor, target: Tensor, tolerance: int = PIXEL_TO
     return close.all(dim=1).float().mean().item()
 
 
-@torch.no_grad()
 def paired_pixel_accuracy(
     model: UNIT, data: DomainData, device: torch.device, batch_size: int = 64
 ) -> dict[str, float]:
     """Pixel accuracy of A→B and B→A translations of the paired test sets against their ground truth."""
-    was_training = model.training
-    model.eval()
     hits = {"a2b": 0.0, "b2a": 0.0}
     count = 0
-    try:
+    with evaluation_mode(model):
         batches_a = DataLoader(data.test_a, batch_size=batch_size)
         batches_b = DataLoader(data.test_b, batch_size=batch_size)
         for (x_a, _), (x_b, _) in zip(batches_a, batches_b, strict=True):
@@ -45,14 +51,129 @@ def paired_pixel_accuracy(
             hits["a2b"] += pixel_accuracy(translate_images(model, x_a, "a")["translation"], x_b) * n
             hits["b2a"] += pixel_accuracy(translate_images(model, x_b, "b")["translation"], x_a) * n
             count += n
-    finally:
-        model.train(was_training)
     return {f"pixel_accuracy_{k}": v / count for k, v in hits.items()}
 
 
+def classification_accuracy(
+    model: UNIT, data: DomainData, device: torch.device, batch_size: int = 500
+) -> dict[str, float]:
+    """Accuracy of each domain's classifier (its own stem, the shared trunk and the head) on its test set.
+
+    The head is trained on labelled domain-A images only, so ``accuracy_b`` is the domain-adaptation result
+    (the paper's Table 1) and ``accuracy_a`` the source-domain accuracy.
+    """
+    results = {}
+    with evaluation_mode(model):
+        for domain, dataset in (("a", data.test_a), ("b", data.test_b)):
+            dis = model.discriminator(domain)
+            correct = 0
+            for x, labels in DataLoader(dataset, batch_size=batch_size):
+                predicted = dis.classify(dis.features(x.to(device))).argmax(1).cpu()
+                correct += (predicted == labels).sum().item()
+            results[f"accuracy_{domain}"] = correct / len(dataset)
+    return results
+
+
 def evaluate_run(model: UNIT, data: DomainData, device: torch.device) -> dict[str, float]:
-    """The metrics a finished run can compute from its own data (empty when none applies)."""
+    """The metrics a run can compute from its own data during training (empty when none applies)."""
     results: dict[str, float] = {}
     if data.paired_test:
         results.update(paired_pixel_accuracy(model, data, device))
+    if model.dis_a.num_classes and data.num_classes:
+        results.update(classification_accuracy(model, data, device))
+    return results
+
+
+def _first(dataset: Dataset, count: int) -> Dataset:
+    return Subset(dataset, range(min(count, len(dataset)))) if count else dataset
+
+
+def fid_kid(
+    model: UNIT,
+    data: DomainData,
+    device: torch.device,
+    inception: InceptionFeatures,
+    data_key: dict,
+    max_images: int = 0,
+    batch_size: int = 50,
+    show_progress: bool = True,
+) -> dict[str, float]:
+    """FID and KID of each direction's test translations against the real test images of the target domain.
+
+    Also reports them for the untranslated source images (``*_untranslated``): the floor a translation must beat
+    (FID is symmetric, so one number serves both directions). ``data_key`` identifies the data (the resolved
+    ``[data]`` table) for the cache of real-image features. ``max_images`` (0: all) caps each test set; FID
+    is biased by the number of images, so compare runs only at equal counts.
+    """
+    tests = {"a": _first(data.test_a, max_images), "b": _first(data.test_b, max_images)}
+
+    def images(domain: str):
+        return (x for x, _ in DataLoader(tests[domain], batch_size=batch_size))
+
+    def real(domain: str) -> Tensor:
+        key = {"data": data_key, "domain": domain, "images": len(tests[domain]), "network": inception.identity}
+        return cached_features(
+            key,
+            lambda: inception.of_batches(
+                images(domain), len(tests[domain]), f"FID: real {domain.upper()}", show_progress
+            ),
+        )
+
+    real_features = {domain: real(domain) for domain in ("a", "b")}
+    results: dict[str, float] = {}
+    with evaluation_mode(model):
+        for source, target in (("a", "b"), ("b", "a")):
+            translated = (translate_images(model, x.to(device), source)["translation"] for x in images(source))
+            features = inception.of_batches(
+                translated, len(tests[source]), f"FID: {source.upper()}→{target.upper()}", show_progress
+            )
+            results[f"fid_{source}2{target}"] = frechet_distance(features, real_features[target])
+            results[f"kid_{source}2{target}"] = kernel_inception_distance(features, real_features[target])[0]
+    results["fid_untranslated"] = frechet_distance(real_features["a"], real_features["b"])
+    results["kid_untranslated"] = kernel_inception_distance(real_features["a"], real_features["b"])[0]
+    results["fid_images"] = min(len(tests["a"]), len(tests["b"]))
+    return results
+
+
+def best_logged(log_path: Path, prefix: str = "eval/") -> dict[str, float]:
+    """For each metric logged during training under ``prefix``: its best value and the iteration it came at.
+
+    Picking the best of many test-set evaluations selects on the test set (the authors' way to report
+    domain adaptation); it is reported only beside the final value.
+    """
+    best: dict[str, tuple[float, int]] = {}
+    for record in read_log(log_path):
+        for key, value in record.items():
+            if key.startswith(prefix) and (key not in best or value > best[key][0]):
+                best[key] = (value, record["step"])
+    results: dict[str, float] = {}
+    for key, (value, step) in best.items():
+        name = key.removeprefix(prefix)
+        results[f"best_{name}"] = value
+        results[f"best_{name}_step"] = step
+    return results
+
+
+def evaluate_checkpoint(
+    path: Path,
+    registries: Registries,
+    device: torch.device,
+    fid: bool = False,
+    inception: str | None = None,
+    max_images: int = 0,
+    show_progress: bool = True,
+) -> dict[str, float]:
+    """Every metric that applies to a checkpoint's model and data (FID/KID only with ``fid``).
+
+    The model and the dataset are rebuilt from the recipe stored in the checkpoint.
+    """
+    model, state = load_trained_model(path, registries, device)
+    recipe = validate(tomllib.loads(state.recipe_toml), registries, origin=f"{path} (stored recipe)")
+    data = build_data(recipe, registries)
+    results = {"iteration": state.step, **evaluate_run(model, data, device)}
+    if fid:
+        features = InceptionFeatures(inception, device)
+        results |= fid_kid(
+            model, data, device, features, recipe.resolved["data"], max_images, show_progress=show_progress
+        )
     return results

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +21,18 @@ from unitkit.recipe import Component, Recipe, RecipeError
 from unitkit.registry import Registries
 
 DOMAINS = ("a", "b")
+
+
+@contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout, running batch-norm statistics) and no gradients inside; the old mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
 
 
 class UNIT(nn.Module):

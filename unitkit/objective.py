@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from unitkit.components import GANLoss
+from unitkit.components import GANLoss, squared_distance
 from unitkit.distributed import SINGLE_PROCESS, Shard
 from unitkit.model import UNIT
 from unitkit.recipe import ObjectiveSettings
@@ -67,7 +67,7 @@ def translate_both(
     """Encode both domains, reconstruct, translate and (when a cycle weight is set) translate back."""
     h_a, h_b = model.encode_pair(x_a, x_b)
     z_a, z_b = with_noise(h_a, shard), with_noise(h_b, shard)
-    if weights.recon:
+    if weights.recon or weights.feature or weights.fake_reconstructions:
         recon_a, ba = decode(model.gen_a, z_a, z_b)
         ab, recon_b = decode(model.gen_b, z_a, z_b)
     else:
@@ -99,11 +99,47 @@ def score_real_and_fake(
     return [scale[: len(real)] for scale in logits], [scale[len(real) :] for scale in logits]
 
 
-def discriminator_loss(model: UNIT, t: Translations, gan: GANLoss, weights: ObjectiveSettings) -> Tensor:
-    """λ0·(GAN_a + GAN_b) for the discriminators: real images against detached translations."""
-    loss_a = adversarial_discriminator(gan, *score_real_and_fake(model.dis_a, t.x_a, t.ba.detach()))
-    loss_b = adversarial_discriminator(gan, *score_real_and_fake(model.dis_b, t.x_b, t.ab.detach()))
-    return weights.gan * (loss_a + loss_b)
+def discriminator_loss(
+    model: UNIT, t: Translations, gan: GANLoss, weights: ObjectiveSettings, labels_a: Tensor | None = None
+) -> dict[str, Tensor]:
+    """The discriminators' weighted terms and their sum under ``"total"``.
+
+    ``gan``: real images against the detached translations (and reconstructions, with
+    ``fake_reconstructions``). The domain-adaptation terms of the digits code train D too: ``classify``, the
+    classifier head's cross-entropy on labelled domain-A images, and ``feature``, the distance between the
+    trunk features of a translation and of the same code's reconstruction (which pulls the two domains'
+    features together, so a classifier trained on A also reads B). One trunk pass per domain serves all three.
+    """
+    with_recon = weights.fake_reconstructions or weights.feature
+    use_features = weights.classify or weights.feature
+    terms: dict[str, Tensor] = {}
+    gan_loss = t.x_a.new_zeros(())
+    features = {}
+    for domain, real, translation, recon in (("a", t.x_a, t.ba, t.recon_a), ("b", t.x_b, t.ab, t.recon_b)):
+        dis = model.discriminator(domain)
+        batch = torch.cat([real, translation, recon] if with_recon else [real, translation]).detach()
+        if use_features:
+            features[domain] = dis.features(batch).split(len(real))
+            logits = dis.score(torch.cat(features[domain]))
+        else:
+            logits = dis(batch)
+        n = len(real)
+        fake_end = None if weights.fake_reconstructions else 2 * n
+        gan_loss = gan_loss + adversarial_discriminator(gan, [s[:n] for s in logits], [s[n:fake_end] for s in logits])
+    if weights.gan:
+        terms["gan"] = weights.gan * gan_loss
+    if weights.classify:
+        if labels_a is None:
+            raise ValueError("objective.classify needs the labels of the domain-A batch")
+        logits = model.dis_a.classify(features["a"][0])
+        terms["classify"] = weights.classify * torch.nn.functional.cross_entropy(logits.float(), labels_a)
+    if weights.feature:
+        # translation to B and reconstruction in A decode the same code z_a (and vice versa)
+        terms["feature"] = weights.feature * (
+            squared_distance(features["b"][1], features["a"][2]) + squared_distance(features["a"][1], features["b"][2])
+        )
+    terms["total"] = sum(terms.values(), start=t.x_a.new_zeros(()))
+    return terms
 
 
 def generator_losses(

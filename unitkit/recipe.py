@@ -69,6 +69,11 @@ class TrainSettings(BaseModel):
     sample_every: Positive = Field(10_000, description="iterations between sample grids")
     sample_count: Annotated[int, Field(ge=1, le=64)] = Field(8, description="fixed test images per direction")
     checkpoint_every: Positive = Field(10_000, description="iterations between checkpoints")
+    eval_every: NonNegative = Field(
+        0,
+        description="iterations between test-set evaluations (logged as eval/...; the best is reported beside "
+        "the final one); 0: only at the end",
+    )
     keep_checkpoints: Positive = Field(3, description="how many recent checkpoints to keep")
     deterministic: bool = Field(False, description="deterministic kernels only (bit-exact resume; slower on GPU)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
@@ -94,8 +99,27 @@ class ObjectiveSettings(BaseModel):
     recon: Weight = Field(10.0, validation_alias=AliasChoices("recon", "lambda2"), description="λ2, reconstruction")
     kl_cycle: Weight = Field(0.01, validation_alias=AliasChoices("kl_cycle", "lambda3"), description="λ3, cycle KL")
     cycle: Weight = Field(10.0, validation_alias=AliasChoices("cycle", "lambda4"), description="λ4, cycle recon")
+    classify: Weight = Field(
+        0.0,
+        description="classifier head's cross-entropy on labelled domain-A images, in the D step (domain adaptation)",
+    )
+    feature: Weight = Field(
+        0.0, description="feature consistency: D-trunk distance between a translation and its code's reconstruction"
+    )
+    fake_reconstructions: bool = Field(False, description="reconstructions count as fakes for D (the digits code)")
     gan_loss: dict[str, Any] = Field(default_factory=lambda: {"kind": "lsgan"})
     reconstruction_loss: dict[str, Any] = Field(default_factory=lambda: {"kind": "l1"})
+
+
+class EvaluateSettings(BaseModel):
+    """``[evaluate]``: what the evaluation at the end of a run computes beyond its cheap metrics."""
+
+    model_config = _STRICT
+    fid: bool = Field(False, description="FID and KID of the test translations against the real target test images")
+    fid_images: NonNegative = Field(0, description="test images per domain for FID/KID; 0: the whole test set")
+    inception: str = Field(
+        "", description="TorchScript FID Inception file; empty: $UNITKIT_INCEPTION, then the unitkit[metrics] extra"
+    )
 
 
 class ModelSettings(BaseModel):
@@ -119,6 +143,7 @@ class RecipeSchema(BaseModel):
     model: ModelSettings = Field(default_factory=ModelSettings)
     objective: ObjectiveSettings = Field(default_factory=ObjectiveSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
     loggers: list[dict[str, Any]] = Field(default_factory=lambda: [{"kind": "jsonl"}])
     ablations: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -160,6 +185,7 @@ class Recipe(BaseModel):
     reconstruction_loss: Component
     objective: ObjectiveSettings
     train: TrainSettings
+    evaluate: EvaluateSettings
     loggers: list[Component]
     resolved: dict[str, Any]
     ablation: str = ""
@@ -295,6 +321,7 @@ def _schema_keys() -> dict[tuple[str, ...], list[str]]:
         ("model",): _model_keys(ModelSettings),
         ("objective",): _model_keys(ObjectiveSettings),
         ("train",): _model_keys(TrainSettings),
+        ("evaluate",): _model_keys(EvaluateSettings),
     }
 
 
@@ -409,6 +436,7 @@ def validate(raw: dict[str, Any], registries: Registries, origin: str = "<recipe
         reconstruction_loss=components[("objective", "reconstruction_loss")],
         objective=schema.objective,
         train=schema.train,
+        evaluate=schema.evaluate,
         loggers=loggers,
         resolved=resolved,
         ablation=ablation,

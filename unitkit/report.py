@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
-from unitkit.model import UNIT
+from unitkit.model import UNIT, evaluation_mode
 
 GRID_COLUMNS = ("input", "translation", "reconstruction", "cycle")
 
@@ -34,28 +34,16 @@ def translate_images(model: UNIT, x: Tensor, source: str) -> dict[str, Tensor]:
     }
 
 
-@torch.no_grad()
 def sample_grid(model: UNIT, x_a: Tensor, x_b: Tensor, path: Path) -> Path:
     """Write a PNG: for A→B (left) and B→A (right), rows of input | translation | reconstruction | cycle."""
-    was_training = model.training
-    model.eval()
-    try:
-        halves = []
+    halves = []
+    with evaluation_mode(model):
         for source, x in (("a", x_a), ("b", x_b)):
             out = translate_images(model, x, source)
             rows = torch.stack([_rgb(out[c]) for c in GRID_COLUMNS], dim=1).flatten(0, 1)
-            halves.append(
-                make_grid(
-                    rows.float().cpu(),
-                    nrow=len(GRID_COLUMNS),
-                    padding=2,
-                    pad_value=1.0,
-                    normalize=True,
-                    value_range=(-1, 1),
-                )
-            )
-    finally:
-        model.train(was_training)
+            grid = make_grid(rows.float().cpu(), nrow=len(GRID_COLUMNS), padding=2, pad_value=1.0, normalize=True,
+                             value_range=(-1, 1))  # fmt: skip
+            halves.append(grid)
     height = max(h.shape[1] for h in halves)
     halves = [torch.nn.functional.pad(h, (0, 0, 0, height - h.shape[1]), value=1.0) for h in halves]
     spacer = torch.ones(3, height, 8)
@@ -140,4 +128,70 @@ def write_index(run_dir: Path, title: str, status: str) -> Path:
     parts.append(f"<h2>Recipe</h2><pre>{html.escape(recipe)}</pre>")
     path = run_dir / "index.html"
     path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+#: Columns of a results table that describe the run rather than measure it, or that only qualify another.
+_NOT_PLOTTED = ("variant", "iterations", "seconds", "iteration", "fid_images")
+
+
+def write_results(rows: list[dict[str, float | int | str]], out_dir: Path, title: str) -> list[Path]:
+    """Write a sweep's results as OUT_DIR/results.md, results.csv and a bar chart per metric (results.png).
+
+    Each row is one variant: ``variant``, ``iterations``, ``seconds`` and its evaluation metrics.
+    """
+    import csv
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with (out_dir / "results.csv").open("w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return "" if value is None else str(value)
+
+    lines = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    (out_dir / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    metrics = [c for c in columns if c not in _NOT_PLOTTED and not c.endswith("_step")]
+    metrics = [m for m in metrics if any(isinstance(row.get(m), float | int) for row in rows)]
+    written = [out_dir / "results.md", out_dir / "results.csv"]
+    if metrics:
+        plot_results(rows, metrics, out_dir / "results.png", title)
+        written.append(out_dir / "results.png")
+    return written
+
+
+def plot_results(rows: list[dict], metrics: list[str], path: Path, title: str) -> Path:
+    """One horizontal bar chart per metric, a bar per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = [str(row["variant"]) for row in rows]
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(3.6 * len(metrics) + 1.5, 0.35 * len(rows) + 1.4), squeeze=False, sharey=True
+    )
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        values = [row.get(metric) for row in rows]
+        heights = [v if isinstance(v, float | int) else 0.0 for v in values]
+        bars = ax.barh(range(len(rows)), heights, color="#4c72b0")
+        for bar, value in zip(bars, values, strict=True):
+            if isinstance(value, float | int):
+                ax.annotate(f"{value:.3g}", (bar.get_width(), bar.get_y() + bar.get_height() / 2), fontsize=7,
+                            xytext=(2, 0), textcoords="offset points", va="center")  # fmt: skip
+        ax.set_title(metric, fontsize=9)
+        ax.set_yticks(range(len(rows)), variants, fontsize=8)
+        ax.invert_yaxis()
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return path

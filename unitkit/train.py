@@ -30,9 +30,10 @@ from torch.nn.parallel import DistributedDataParallel
 from unitkit import checkpoint as ckpt
 from unitkit import distributed
 from unitkit.components import GANLoss
-from unitkit.data import endless_images, first_images
-from unitkit.errors import DataError, TrainingError
-from unitkit.evaluate import evaluate_run
+from unitkit.data import build_data, endless_images, first_images
+from unitkit.errors import TrainingError
+from unitkit.evaluate import best_logged, evaluate_run, fid_kid
+from unitkit.fid import InceptionFeatures, find_inception
 from unitkit.model import UNIT, build_model
 from unitkit.objective import discriminator_loss, generator_losses, translate_both
 from unitkit.recipe import ObjectiveSettings, Recipe, TrainSettings
@@ -162,21 +163,22 @@ class UnitStep:
     on_nonfinite: str
 
     def __call__(
-        self, x_a: torch.Tensor, x_b: torch.Tensor
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, int]:
-        """One iteration on a batch of each domain; returns the generator terms, the D loss, skipped updates."""
+        self, x_a: torch.Tensor, x_b: torch.Tensor, labels_a: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
+        """One iteration on a batch of each domain; returns the generator terms, the D terms, skipped updates."""
         x_a = x_a.to(self.device, memory_format=self.memory_format, non_blocking=True)
         x_b = x_b.to(self.device, memory_format=self.memory_format, non_blocking=True)
         with self.autocast():
             t = self.generator_pass(x_a, x_b)
 
-        # Discriminators: real images against the (detached) translations.
-        loss_d, skipped = None, 0
-        if self.weights.gan:
+        # Discriminators: real images against the (detached) translations, plus the domain-adaptation terms.
+        terms_d: dict[str, torch.Tensor] = {}
+        skipped = 0
+        if self.weights.gan or self.weights.classify or self.weights.feature:
             self.optimizers["discriminator"].zero_grad(set_to_none=True)
             with self.autocast():
-                loss_d = self.discriminator_pass(t)
-            skipped += not self.update("discriminator", loss_d)
+                terms_d = self.discriminator_pass(t, labels_a.to(self.device, non_blocking=True))
+            skipped += not self.update("discriminator", terms_d["total"])
 
         # Encoders and generators: VAE, GAN and cycle terms against the updated discriminators.
         self.optimizers["generator"].zero_grad(set_to_none=True)
@@ -186,7 +188,7 @@ class UnitStep:
             skipped += not self.update("generator", terms["total"])
         for scheduler in self.schedulers.values():
             scheduler.step()
-        return terms, loss_d, skipped
+        return terms, terms_d, skipped
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
@@ -208,12 +210,16 @@ def build_step(
     image_size: int,
     device: torch.device,
     shard: distributed.Shard = distributed.SINGLE_PROCESS,
+    num_classes: int = 0,
 ) -> UnitStep:
-    """Networks, losses, optimisers and speed switches of a recipe, ready to train on ``device``."""
+    """Networks, losses, optimisers and speed switches of a recipe, ready to train on ``device``.
+
+    ``num_classes`` > 0 gives the discriminators a classifier head (for ``objective.classify``).
+    """
     cfg, weights = recipe.train, recipe.objective
     dtype, channels_last = speed_switches(cfg, device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = build_model(recipe, registries, channels, image_size=image_size)
+    model = build_model(recipe, registries, channels, num_classes=num_classes, image_size=image_size)
     model = model.to(device=device, memory_format=memory_format)
     if cfg.compile:
         for network in (model.enc_a, model.enc_b, model.gen_a, model.gen_b, model.dis_a, model.dis_b):
@@ -240,7 +246,7 @@ def build_step(
         lambda x_a, x_b: translate_both(model, x_a, x_b, weights, shard),
     )
     discriminator_pass: nn.Module = Synced(
-        [model.dis_a, model.dis_b], lambda t: discriminator_loss(model, t, gan, weights)
+        [model.dis_a, model.dis_b], lambda t, labels_a: discriminator_loss(model, t, gan, weights, labels_a)
     )
     if shard.world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -274,17 +280,21 @@ def train(
     if shard.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.toml").write_text(recipe.to_toml(), encoding="utf-8")
+    if recipe.evaluate.fid:
+        find_inception(recipe.evaluate.inception or None)  # fail now, not after hours of training
     seed_everything(cfg.seed)
     torch.use_deterministic_algorithms(cfg.deterministic)
 
     # Data, networks, losses, optimisers.
-    try:
-        data = registries.datasets.get(recipe.data.kind).factory(**recipe.data.settings)
-    except (OSError, ValueError, ImportError) as exc:
-        raise DataError(f"[data] kind = {recipe.data.kind!r}: {exc}") from exc
+    data = build_data(recipe, registries)
+    head_classes = data.num_classes if recipe.objective.classify else 0
+    if recipe.objective.classify and not head_classes:
+        raise TrainingError(
+            f"objective.classify needs labelled data; [data] kind = {recipe.data.kind!r} has no classes"
+        )
     data_info = {"channels": list(data.channels), "image_size": data.image_size, "num_classes": data.num_classes,
-                 "paired_test": data.paired_test, "head_classes": 0}  # fmt: skip
-    unit = build_step(recipe, registries, data.channels, data.image_size, device, shard)
+                 "paired_test": data.paired_test, "head_classes": head_classes}  # fmt: skip
+    unit = build_step(recipe, registries, data.channels, data.image_size, device, shard, head_classes)
     model, optimizers, schedulers, scalers = unit.model, unit.optimizers, unit.schedulers, unit.scalers
     checkpoints = run_dir / "checkpoints"
 
@@ -334,6 +344,14 @@ def train(
         plot_losses(run_dir / "log.jsonl", run_dir / "losses.png")
         write_index(run_dir, recipe.name, f"iteration {step:,} of {cfg.iterations:,}")
 
+    def evaluate() -> dict[str, float]:
+        if not shard.is_main:
+            return {}
+        results = evaluate_run(model, data, device)
+        for logger in loggers:
+            logger.log_scalars(step, {f"eval/{k}": v for k, v in results.items()})
+        return results
+
     start_step, started = step, time.perf_counter()
     progress = _progress(console) if show_progress and shard.is_main else None
     task = progress.add_task(recipe.name, total=cfg.iterations, completed=step, speed="", losses="") if progress else 0
@@ -349,13 +367,14 @@ def train(
         try:
             while step < cfg.iterations:
                 with out_of_memory_advice(cfg.batch_size, data.image_size, device):
-                    terms, loss_d, skipped = unit(next(stream_a), next(stream_b))
+                    (x_a, labels_a), (x_b, _) = next(stream_a), next(stream_b)
+                    terms, terms_d, skipped = unit(x_a, x_b, labels_a)
                 skipped_updates += skipped
                 step += 1
 
                 # Bookkeeping. Reading a loss synchronises with the device, so it happens only at log steps.
                 if step % cfg.log_every == 0 or step == cfg.iterations or step % cfg.checkpoint_every == 0:
-                    scalars = losses_as_floats(terms, loss_d, step, cfg.on_nonfinite)
+                    scalars = losses_as_floats(terms, terms_d, step, cfg.on_nonfinite)
                     scalars["lr"] = optimizers["generator"].param_groups[0]["lr"]
                     scalars["skipped_updates"] = skipped_updates
                     for logger in loggers:
@@ -370,6 +389,8 @@ def train(
                     save()
                 if step % cfg.sample_every == 0:
                     samples()
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.iterations:  # the end evaluates anyway
+                    evaluate()
         except KeyboardInterrupt as stop:
             interrupted = "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
         path = save()
@@ -380,10 +401,14 @@ def train(
             for logger in loggers:
                 logger.log_scalars(step, {"data/skipped_files": unreadable})
         if not interrupted and shard.is_main:
-            results = evaluate_run(model, data, device)
+            results = evaluate()
+            if recipe.evaluate.fid:
+                inception = InceptionFeatures(recipe.evaluate.inception or None, device)
+                results |= fid_kid(model, data, device, inception, recipe.resolved["data"], recipe.evaluate.fid_images,
+                                   show_progress=show_progress)  # fmt: skip
             if results:
-                for logger in loggers:
-                    logger.log_scalars(step, {f"eval/{k}": v for k, v in results.items()})
+                if cfg.eval_every:
+                    results |= best_logged(run_dir / "log.jsonl")
                 (run_dir / "evaluation.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
             write_index(run_dir, recipe.name, f"finished: {step:,} iterations")
     return RunResult(run_dir, step, path, time.perf_counter() - started, interrupted, skipped_updates)
@@ -407,12 +432,10 @@ def out_of_memory_advice(batch_size: int, image_size: int, device: torch.device)
 
 
 def losses_as_floats(
-    terms: dict[str, torch.Tensor], loss_d: torch.Tensor | None, step: int, policy: str
+    terms: dict[str, torch.Tensor], terms_d: dict[str, torch.Tensor], step: int, policy: str
 ) -> dict[str, float]:
     """The losses as floats; under the "stop" policy a non-finite one stops the run, naming term and iteration."""
-    scalars = {f"G/{k}": v.item() for k, v in terms.items()}
-    if loss_d is not None:
-        scalars["D/total"] = loss_d.item()
+    scalars = {f"G/{k}": v.item() for k, v in terms.items()} | {f"D/{k}": v.item() for k, v in terms_d.items()}
     for name, value in scalars.items():
         if policy == "stop" and not math.isfinite(value):
             raise TrainingError(

