@@ -45,7 +45,9 @@ def unitkit_register_generators(registry: Registry) -> None:
 def unitkit_register_discriminators(registry: Registry) -> None:
     """Register discriminators: factories ``(in_channels, num_classes, **settings) -> Discriminator``.
 
-    ``num_classes`` is 0 unless the run trains a classifier head (domain adaptation).
+    ``num_classes`` is 0 unless the run trains a classifier head (domain adaptation). The domain-adaptation
+    terms (``objective.classify``, ``objective.feature``) also need ``features``, ``score`` and ``classify``
+    (see :class:`unitkit.Discriminator`); the built-in ``digits32`` implements them.
     """
 
 

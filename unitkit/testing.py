@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unitkit.components import DomainData, EncoderBackbone
+from unitkit.components import Discriminator, DomainData, EncoderBackbone
 from unitkit.plugins import load_plugins
 from unitkit.recipe import settings_model
 from unitkit.registry import Entry, Registries
@@ -117,6 +117,27 @@ def check_discriminator(entry: Entry) -> None:
     _check_gradients(discriminator, sum(t.mean() for t in logits), f"discriminator {entry.name!r}")
     for path in discriminator.trunk:
         discriminator.get_submodule(path)
+    _check_domain_adaptation_parts(entry, discriminator.eval(), x)
+
+
+def _check_domain_adaptation_parts(entry: Entry, discriminator: Discriminator, x: torch.Tensor) -> None:
+    """For a discriminator that exposes trunk features: features + score is forward, and a head classifies."""
+    try:
+        features = discriminator.features(x)
+    except NotImplementedError:
+        return
+    with torch.no_grad():
+        split = discriminator.score(discriminator.features(x))
+        whole = discriminator(x)
+    for a, b in zip(split, whole, strict=True):
+        torch.testing.assert_close(a, b, msg=f"discriminator {entry.name!r}: score(features(x)) must equal forward(x)")
+    try:
+        with_head = _build(entry, in_channels=3, num_classes=10)
+    except ValueError:  # no classifier head offered
+        return
+    logits = with_head.classify(with_head.features(x))
+    assert logits.shape == (len(x), 10), f"discriminator {entry.name!r}: classify gives {tuple(logits.shape)}"
+    assert features.shape[0] == len(x)
 
 
 def check_gan_loss(entry: Entry) -> None:
