@@ -137,6 +137,8 @@ def show(recipe: Path, overrides: tuple[str, ...], ablation: str) -> None:
     model = build_model(resolved, plugins.registries, channels)
     report = parameter_report(model)
     table = Table(title=f"parameters (images of {channels[0]} channels)")
+    if resolved.objective.classify:
+        table.caption = "without the classifier head, whose size depends on the dataset's classes"
     table.add_column("network")
     table.add_column("parameters", justify="right")
     for name, count in report.per_network.items():

@@ -16,7 +16,7 @@ from unitkit.fid import InceptionFeatures, cached_features, frechet_distance, ke
 from unitkit.model import UNIT, evaluation_mode
 from unitkit.recipe import validate
 from unitkit.registry import Registries
-from unitkit.report import read_log, translate_images
+from unitkit.report import read_log
 from unitkit.translate import load_trained_model
 
 #: A translated pixel counts as correct when every channel is within this many levels (of 255) of the truth,
@@ -48,8 +48,8 @@ def paired_pixel_accuracy(
         for (x_a, _), (x_b, _) in zip(batches_a, batches_b, strict=True):
             x_a, x_b = x_a.to(device), x_b.to(device)
             n = len(x_a)
-            hits["a2b"] += pixel_accuracy(translate_images(model, x_a, "a")["translation"], x_b) * n
-            hits["b2a"] += pixel_accuracy(translate_images(model, x_b, "b")["translation"], x_a) * n
+            hits["a2b"] += pixel_accuracy(model.translate(x_a, "a"), x_b) * n
+            hits["b2a"] += pixel_accuracy(model.translate(x_b, "b"), x_a) * n
             count += n
     return {f"pixel_accuracy_{k}": v / count for k, v in hits.items()}
 
@@ -123,7 +123,7 @@ def fid_kid(
     results: dict[str, float] = {}
     with evaluation_mode(model):
         for source, target in (("a", "b"), ("b", "a")):
-            translated = (translate_images(model, x.to(device), source)["translation"] for x in images(source))
+            translated = (model.translate(x.to(device), source) for x in images(source))
             features = inception.of_batches(
                 translated, len(tests[source]), f"FID: {source.upper()}→{target.upper()}", show_progress
             )

@@ -62,6 +62,10 @@ class UNIT(nn.Module):
     def discriminator(self, domain: str) -> Discriminator:
         return self.dis_a if domain == "a" else self.dis_b
 
+    def translate(self, x: Tensor, source: str) -> Tensor:
+        """Images of domain ``source`` translated to the other domain through the latent mean (no noise)."""
+        return self.generator("b" if source == "a" else "a")(self.encoder(source)(x))
+
     def generator_parameters(self) -> list[nn.Parameter]:
         """Encoder and generator parameters, each shared tensor once (what the generator optimiser updates)."""
         return unique_parameters(self.enc_a, self.enc_b, self.gen_a, self.gen_b)

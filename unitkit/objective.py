@@ -90,15 +90,6 @@ def adversarial_discriminator(gan: GANLoss, real: list[Tensor], fake: list[Tenso
     return sum((gan.discriminator(r, f) for r, f in zip(real, fake, strict=True)), start=real[0].new_zeros(()))
 
 
-def score_real_and_fake(
-    discriminator: torch.nn.Module, real: Tensor, fake: Tensor
-) -> tuple[list[Tensor], list[Tensor]]:
-    """A discriminator's logits for real and for fake images, from one pass over both (one larger batch is
-    faster than two small ones; discriminators score each image on its own, so the logits are the same)."""
-    logits = discriminator(torch.cat([real, fake]))
-    return [scale[: len(real)] for scale in logits], [scale[len(real) :] for scale in logits]
-
-
 def discriminator_loss(
     model: UNIT, t: Translations, gan: GANLoss, weights: ObjectiveSettings, labels_a: Tensor | None = None
 ) -> dict[str, Tensor]:
@@ -117,13 +108,15 @@ def discriminator_loss(
     features = {}
     for domain, real, translation, recon in (("a", t.x_a, t.ba, t.recon_a), ("b", t.x_b, t.ab, t.recon_b)):
         dis = model.discriminator(domain)
+        n = len(real)
+        # One pass over real and fake images: a larger batch is faster, and D scores each image on its own.
         batch = torch.cat([real, translation, recon] if with_recon else [real, translation]).detach()
         if use_features:
-            features[domain] = dis.features(batch).split(len(real))
-            logits = dis.score(torch.cat(features[domain]))
+            trunk = dis.features(batch)
+            features[domain] = trunk.split(n)  # real, translation, reconstruction
+            logits = dis.score(trunk)
         else:
             logits = dis(batch)
-        n = len(real)
         fake_end = None if weights.fake_reconstructions else 2 * n
         gan_loss = gan_loss + adversarial_discriminator(gan, [s[:n] for s in logits], [s[n:fake_end] for s in logits])
     if weights.gan:

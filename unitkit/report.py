@@ -30,7 +30,7 @@ def translate_images(model: UNIT, x: Tensor, source: str) -> dict[str, Tensor]:
         "input": x,
         "translation": translation,
         "reconstruction": model.generator(source)(h),
-        "cycle": model.generator(source)(model.encoder(target)(translation)),
+        "cycle": model.translate(translation, target),
     }
 
 

@@ -47,7 +47,6 @@ def translate_image(model: UNIT, image: Image.Image, source: str, channels: int)
     encoder that takes one size only gets the image resized to it and the result resized back.
     """
     device = next(model.parameters()).device
-    target = "b" if source == "a" else "a"
     x = pil_to_tensor(image.convert("L" if channels == 1 else "RGB")).float().div(127.5).sub(1).unsqueeze(0)
     height, width = x.shape[-2:]
     encoder = model.encoder(source)
@@ -58,7 +57,7 @@ def translate_image(model: UNIT, image: Image.Image, source: str, channels: int)
         pad_h, pad_w = -height % multiple, -width % multiple
         mode = "reflect" if pad_h < height and pad_w < width else "replicate"
         x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-    y = model.generator(target)(encoder(x.to(device))).cpu()
+    y = model.translate(x.to(device), source).cpu()
     if encoder.fixed_size:
         y = F.interpolate(y, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
     y = y[..., :height, :width]
