@@ -232,3 +232,19 @@ def test_classify_without_labels_is_an_error(digits):
     model, weights, t = digits()
     with pytest.raises(ValueError, match="labels of the domain-A batch"):
         discriminator_loss(model, t, VanillaGAN(), weights)
+
+
+def test_reconstructions_must_fool_d_too_with_fake_reconstructions(digits):
+    model, weights, t = digits()
+    terms = generator_losses(model, t, VanillaGAN(), l2("image_sum"), weights)
+    fool = VanillaGAN().generator
+    expected = sum(fool(model.dis_a(x)[0]) for x in (t.ba, t.recon_a)) + sum(
+        fool(model.dis_b(x)[0]) for x in (t.ab, t.recon_b)
+    )
+    torch.testing.assert_close(terms["gan"], weights.gan * expected)
+
+
+def test_the_classifier_head_is_one_for_both_domains_even_without_discriminator_sharing(digits):
+    model, _, _ = digits("model.share_discriminators=false")
+    assert model.dis_a.classifier is model.dis_b.classifier
+    assert model.dis_a.body is not model.dis_b.body

@@ -10,6 +10,7 @@ Arguments that unitkit supplies itself, rather than the recipe, are listed per r
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -64,6 +65,9 @@ class Discriminator(nn.Module):
 
     trunk: tuple[str, ...] = ()
     num_classes: int = 0
+    #: Dotted path of the classifier head. It is tied between the domains even without discriminator sharing:
+    #: domain adaptation trains one classifier, on labelled A images, that must also read B.
+    classifier_path: str = ""
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return self.score(self.features(x))
@@ -168,19 +172,30 @@ def count_parameters(*modules: nn.Module) -> int:
 def init_weights(module: nn.Module, scheme: str = "kaiming") -> None:
     """Initialise conv and linear layers as the reference UNIT code does.
 
-    ``"kaiming"`` (its generators): Kaiming-normal weights, fan-in. ``"gaussian"`` (its discriminators):
-    N(0, 0.02). Biases start at 0 in both.
+    ``"kaiming"`` (its generators): Kaiming-normal weights, fan-in. ``"gaussian"`` (its discriminators and
+    the digits generators): N(0, 0.02). Biases start at 0 in both. ``"xavier"`` (the digits discriminator):
+    Xavier-uniform weights with gain √2 and biases of 0.1.
     """
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            bias = 0.0
             if scheme == "kaiming":
                 nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
             elif scheme == "gaussian":
                 nn.init.normal_(m.weight, 0.0, 0.02)
+            elif scheme == "xavier":
+                nn.init.xavier_uniform_(m.weight, gain=math.sqrt(2))
+                bias = 0.1
             else:
-                raise ValueError(f"unknown init scheme {scheme!r}; use 'kaiming' or 'gaussian'")
+                raise ValueError(f"unknown init scheme {scheme!r}; use 'kaiming', 'gaussian' or 'xavier'")
             if m.bias is not None:
-                nn.init.zeros_(m.bias)
+                nn.init.constant_(m.bias, bias)
+
+
+def squared_distance(x: Tensor, y: Tensor) -> Tensor:
+    """Sum of squared differences per image (or feature map), averaged over the batch: the digits code's
+    reconstruction and feature-consistency distance."""
+    return (x - y).pow(2).flatten(1).sum(1).mean()
 
 
 __all__ = [
@@ -195,10 +210,5 @@ __all__ = [
     "tie_blocks",
     "tie_submodule",
     "init_weights",
+    "squared_distance",
 ]
-
-
-def squared_distance(x: Tensor, y: Tensor) -> Tensor:
-    """Sum of squared differences per image (or feature map), averaged over the batch: the digits code's
-    reconstruction and feature-consistency distance."""
-    return (x - y).pow(2).flatten(1).sum(1).mean()

@@ -188,6 +188,8 @@ def build_model(
             )
         for path in trunk:
             tie_submodule(discriminators[0], discriminators[1], path)
+    elif discriminators[0].classifier_path:
+        tie_submodule(discriminators[0], discriminators[1], discriminators[0].classifier_path)
     model = UNIT(encoders, generators, discriminators)
     if image_size:
         check_shapes(model, channels, image_size)

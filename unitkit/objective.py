@@ -86,6 +86,12 @@ def adversarial_generator(gan: GANLoss, logits: list[Tensor]) -> Tensor:
     return sum((gan.generator(scale) for scale in logits), start=logits[0].new_zeros(()))
 
 
+def fooling(gan: GANLoss, discriminator: torch.nn.Module, fakes: list[Tensor]) -> Tensor:
+    """The generator's adversarial loss summed over equally sized batches of fakes, scored in one D pass."""
+    logits = discriminator(torch.cat(fakes))
+    return sum(adversarial_generator(gan, [scale.chunk(len(fakes))[i] for scale in logits]) for i in range(len(fakes)))
+
+
 def adversarial_discriminator(gan: GANLoss, real: list[Tensor], fake: list[Tensor]) -> Tensor:
     return sum((gan.discriminator(r, f) for r, f in zip(real, fake, strict=True)), start=real[0].new_zeros(()))
 
@@ -141,9 +147,10 @@ def generator_losses(
     """Weighted terms of the encoders' and generators' loss, and their sum under ``"total"``."""
     terms: dict[str, Tensor] = {}
     if weights.gan:
-        fooled_a = adversarial_generator(gan, model.dis_a(t.ba))
-        fooled_b = adversarial_generator(gan, model.dis_b(t.ab))
-        terms["gan"] = weights.gan * (fooled_a + fooled_b)
+        # With fake_reconstructions, D rejects reconstructions too, so they must fool it as well (the digits code).
+        fakes_a = [t.ba, t.recon_a] if weights.fake_reconstructions else [t.ba]
+        fakes_b = [t.ab, t.recon_b] if weights.fake_reconstructions else [t.ab]
+        terms["gan"] = weights.gan * (fooling(gan, model.dis_a, fakes_a) + fooling(gan, model.dis_b, fakes_b))
     if weights.kl:
         terms["kl"] = weights.kl * (kl_divergence(t.h_a) + kl_divergence(t.h_b))
     if weights.recon:

@@ -106,7 +106,9 @@ class ObjectiveSettings(BaseModel):
     feature: Weight = Field(
         0.0, description="feature consistency: D-trunk distance between a translation and its code's reconstruction"
     )
-    fake_reconstructions: bool = Field(False, description="reconstructions count as fakes for D (the digits code)")
+    fake_reconstructions: bool = Field(
+        False, description="reconstructions are fakes too: D rejects them and G makes them fool D (the digits code)"
+    )
     gan_loss: dict[str, Any] = Field(default_factory=lambda: {"kind": "lsgan"})
     reconstruction_loss: dict[str, Any] = Field(default_factory=lambda: {"kind": "l1"})
 

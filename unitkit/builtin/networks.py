@@ -356,7 +356,8 @@ class Digits32Discriminator(Discriminator):
         self.classifier = nn.Conv2d(8 * w, num_classes, 2) if num_classes else None
         self.num_classes = num_classes
         self.trunk = ("body", "head", "classifier") if num_classes else ("body", "head")
-        init_weights(self, "gaussian")
+        self.classifier_path = "classifier" if num_classes else ""
+        init_weights(self, "xavier")  # the digits code initialises its discriminator this way
 
     def features(self, x: Tensor) -> Tensor:
         """The shared trunk's output (N, 8*width, 2, 2): what the feature-consistency term compares."""
