@@ -215,3 +215,10 @@ def test_domain_adaptation_run_reports_last_and_best_accuracy(shared_data, tmp_p
     evaluated = invoke("evaluate", run_dir, "--device", "cpu")
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads((run_dir / "evaluation.json").read_text())["accuracy_b"] == evaluation["accuracy_b"]
+
+
+def test_domain_adaptation_terms_need_a_discriminator_with_trunk_features(tiny_recipe, tmp_path):
+    run_dir = tmp_path / "run"
+    result = unitkit_process("run", tiny_recipe, "--out", run_dir, "--set", "objective.feature=1e-4")
+    assert result.returncode == 2 and "exposes its trunk features" in result.stderr and "'patch'" in result.stderr
+    assert not run_dir.exists()  # nothing half-made to --overwrite later

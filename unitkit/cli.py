@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from unitkit.errors import UnitkitError
 from unitkit.plugins import PluginSet, load_plugins
 from unitkit.recipe import RecipeError, load_recipe
 from unitkit.registry import KIND_LABELS, RegistryError
+from unitkit.report import format_cell
 
 console = Console()
 errors = Console(stderr=True)
@@ -206,6 +208,7 @@ def run(
       unitkit run recipes/cats.toml --ablation no-sharing
       unitkit run recipes/quickstart.toml --out runs/qs --resume
     """
+    from unitkit.checkpoint import list_checkpoints
     from unitkit.distributed import is_main_process
     from unitkit.recipe import ablation_names
     from unitkit.train import train
@@ -216,7 +219,7 @@ def run(
     variants = [""] + ablation_names(recipe) if all_ablations else [ablation]
     # Validate every variant before the first one trains, so a typo in the last ablation costs nothing.
     recipes = [load_recipe(recipe, plugins.registries, overrides, name) for name in variants]
-    sweep_dir = (out if out is not None else Path("runs") / recipes[0].name) if all_ablations else None
+    sweep_dir = (out if out is not None else Path("runs") / f"{recipes[0].name}-ablations") if all_ablations else None
     if sweep_dir is not None:
         run_dirs = [sweep_dir / (name or "base") for name in variants]
     else:
@@ -230,11 +233,18 @@ def run(
     for resolved, run_dir in zip(recipes, run_dirs, strict=True):
         label = resolved.name + (f" [{resolved.ablation}]" if resolved.ablation else "")
         say.print(f"[bold]unitkit run[/] {escape(label)} → {escape(str(run_dir))}", highlight=False)
-        result = train(resolved, plugins.registries, run_dir, resume=resume, console=say, show_progress=not quiet)
+        # A resumed sweep continues the variants it had started and starts the others.
+        resume_this = resume and (sweep_dir is None or bool(list_checkpoints(run_dir / "checkpoints")))
+        result = train(resolved, plugins.registries, run_dir, resume=resume_this, console=say, show_progress=not quiet)
         if result.interrupted:
+            again = ["unitkit", "run", str(recipe), *(f"--set {shlex.quote(o)}" for o in overrides)]
+            if sweep_dir is not None:
+                again += ["--all-ablations", "--out", str(sweep_dir)]
+            else:
+                again += [*(["--ablation", ablation] if ablation else []), "--out", str(run_dir)]
             say.print(
                 f"[yellow]interrupted[/] at iteration {result.step:,}; checkpoint saved to {result.checkpoint}\n"
-                f"resume with: unitkit run {recipe} --out {run_dir} --resume",
+                f"resume with: {' '.join(again)} --resume",
                 highlight=False,
             )
             sys.exit(143 if result.interrupted == "SIGTERM" else 130)
@@ -242,10 +252,11 @@ def run(
             f"[green]done[/] {result.step:,} iterations in {result.seconds:.0f} s; open {run_dir / 'index.html'}",
             highlight=False,
         )
-        evaluation = run_dir / "evaluation.json"
-        metrics = json.loads(evaluation.read_text(encoding="utf-8")) if evaluation.exists() else {}
-        rows.append({"variant": resolved.ablation or "base", "iterations": result.step,
-                     "seconds": round(result.seconds), **metrics})  # fmt: skip
+        if main_process:  # rank 0 alone wrote evaluation.json
+            evaluation = run_dir / "evaluation.json"
+            metrics = json.loads(evaluation.read_text(encoding="utf-8")) if evaluation.exists() else {}
+            rows.append({"variant": resolved.ablation or "base", "iterations": result.step,
+                         "seconds": round(result.seconds), **metrics})  # fmt: skip
     if sweep_dir is not None and main_process:
         from unitkit.report import write_results
 
@@ -261,14 +272,16 @@ def print_results(rows: list[dict]) -> None:
     for column in columns:
         table.add_column(column, justify="left" if column == "variant" else "right")
     for row in rows:
-        table.add_row(*(f"{v:.4g}" if isinstance(v := row.get(c), float) else str(v or "") for c in columns))
+        table.add_row(*(format_cell(row.get(c)) for c in columns))
     console.print(table)
 
 
 @main.command()
 @click.argument("target", metavar="RUN_DIR_OR_CHECKPOINT", type=click.Path(exists=True, path_type=Path))
 @click.option("--fid/--no-fid", default=None, help="Compute FID/KID [default: as the run's recipe says].")
-@click.option("--fid-images", type=int, default=None, help="Test images per domain for FID/KID (0: all).")
+@click.option(
+    "--fid-images", type=click.IntRange(min=0), default=None, help="Test images per domain for FID/KID (0: all)."
+)
 @click.option("--inception", type=click.Path(dir_okay=False, path_type=Path), help="FID Inception TorchScript file.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(
@@ -292,10 +305,8 @@ def evaluate(
       unitkit evaluate runs/cat2dog_32 --fid --fid-images 500
       unitkit evaluate runs/maps/checkpoints/step_000010000.safetensors --output maps.json
     """
-    import tomllib
-
     from unitkit.checkpoint import list_checkpoints
-    from unitkit.evaluate import best_logged, evaluate_checkpoint
+    from unitkit.evaluate import evaluate_checkpoint
     from unitkit.train import resolve_device
 
     plugins = plugins_with_warnings()
@@ -306,26 +317,22 @@ def evaluate(
         if not found:
             raise UnitkitError(f"{run_dir} has no checkpoints/ with a checkpoint; is it a unitkit run directory?")
         checkpoint = found[-1]
-    settings = {}
-    if run_dir is not None and (run_dir / "recipe.toml").exists():
-        settings = tomllib.loads((run_dir / "recipe.toml").read_text(encoding="utf-8")).get("evaluate", {})
     results = evaluate_checkpoint(
         checkpoint,
         plugins.registries,
         resolve_device(device),
-        fid=settings.get("fid", False) if fid is None else fid,
-        inception=str(inception) if inception else settings.get("inception") or None,
-        max_images=settings.get("fid_images", 0) if fid_images is None else fid_images,
+        run_dir / "log.jsonl" if run_dir is not None else None,
+        fid=fid,
+        inception=str(inception) if inception else None,
+        max_images=fid_images,
     )
-    if run_dir is not None:
-        results |= best_logged(run_dir / "log.jsonl")
     output = output or (run_dir / "evaluation.json" if run_dir is not None else checkpoint.with_suffix(".json"))
     output.write_text(json.dumps(results, indent=2), encoding="utf-8")
     table = Table(title=f"evaluation of {checkpoint.name}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in results.items():
-        table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value))
+        table.add_row(name, format_cell(value))
     console.print(table)
     console.print(f"wrote {output}", highlight=False)
 

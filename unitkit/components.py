@@ -78,7 +78,7 @@ class Discriminator(nn.Module):
 
     def score(self, features: Tensor) -> list[Tensor]:
         """Real/fake logits (as ``forward`` returns them) from ``features(x)``."""
-        raise NotImplementedError(f"{type(self).__name__} does not expose trunk features")
+        raise NotImplementedError(f"{type(self).__name__} does not score trunk features")
 
     def classify(self, features: Tensor) -> Tensor:
         """Class logits (N, num_classes) from ``features(x)``; only for discriminators with a classifier head."""

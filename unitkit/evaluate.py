@@ -14,7 +14,7 @@ from unitkit.components import DomainData
 from unitkit.data import build_data
 from unitkit.fid import InceptionFeatures, cached_features, frechet_distance, kernel_inception_distance
 from unitkit.model import UNIT, evaluation_mode
-from unitkit.recipe import validate
+from unitkit.recipe import Recipe, validate
 from unitkit.registry import Registries
 from unitkit.report import read_log
 from unitkit.translate import load_trained_model
@@ -135,8 +135,13 @@ def fid_kid(
     return results
 
 
+#: Metrics logged during training whose best value is the highest (FID and KID are lower-is-better, so they
+#: get no "best").
+HIGHER_IS_BETTER = ("accuracy_", "pixel_accuracy_")
+
+
 def best_logged(log_path: Path, prefix: str = "eval/") -> dict[str, float]:
-    """For each metric logged during training under ``prefix``: its best value and the iteration it came at.
+    """For each accuracy logged during training under ``prefix``: its best value and the iteration it came at.
 
     Picking the best of many test-set evaluations selects on the test set (the authors' way to report
     domain adaptation); it is reported only beside the final value.
@@ -144,36 +149,63 @@ def best_logged(log_path: Path, prefix: str = "eval/") -> dict[str, float]:
     best: dict[str, tuple[float, int]] = {}
     for record in read_log(log_path):
         for key, value in record.items():
-            if key.startswith(prefix) and (key not in best or value > best[key][0]):
-                best[key] = (value, record["step"])
+            name = key.removeprefix(prefix)
+            if (
+                key.startswith(prefix)
+                and name.startswith(HIGHER_IS_BETTER)
+                and (name not in best or value > best[name][0])
+            ):
+                best[name] = (value, record["step"])
     results: dict[str, float] = {}
-    for key, (value, step) in best.items():
-        name = key.removeprefix(prefix)
+    for name, (value, step) in best.items():
         results[f"best_{name}"] = value
         results[f"best_{name}_step"] = step
     return results
+
+
+def fid_kid_if_asked(
+    model: UNIT,
+    data: DomainData,
+    device: torch.device,
+    recipe: Recipe,
+    *,
+    fid: bool | None = None,
+    inception: str | None = None,
+    max_images: int | None = None,
+    show_progress: bool = True,
+) -> dict[str, float]:
+    """FID/KID as the recipe's ``[evaluate]`` table asks, unless the arguments say otherwise ({} when off)."""
+    settings = recipe.evaluate
+    if not (settings.fid if fid is None else fid):
+        return {}
+    network = InceptionFeatures(inception or settings.inception or None, device)
+    count = settings.fid_images if max_images is None else max_images
+    return fid_kid(model, data, device, network, recipe.resolved["data"], count, show_progress=show_progress)
 
 
 def evaluate_checkpoint(
     path: Path,
     registries: Registries,
     device: torch.device,
-    fid: bool = False,
+    log_path: Path | None = None,
+    *,
+    fid: bool | None = None,
     inception: str | None = None,
-    max_images: int = 0,
+    max_images: int | None = None,
     show_progress: bool = True,
 ) -> dict[str, float]:
-    """Every metric that applies to a checkpoint's model and data (FID/KID only with ``fid``).
+    """Every metric that applies to a checkpoint's model and data.
 
-    The model and the dataset are rebuilt from the recipe stored in the checkpoint.
+    The model, the dataset and the ``[evaluate]`` settings come from the recipe stored in the checkpoint; the
+    keyword arguments override those settings. With the run's ``log_path``, the best values of the periodic
+    evaluations are added.
     """
     model, state = load_trained_model(path, registries, device)
     recipe = validate(tomllib.loads(state.recipe_toml), registries, origin=f"{path} (stored recipe)")
     data = build_data(recipe, registries)
     results = {"iteration": state.step, **evaluate_run(model, data, device)}
-    if fid:
-        features = InceptionFeatures(inception, device)
-        results |= fid_kid(
-            model, data, device, features, recipe.resolved["data"], max_images, show_progress=show_progress
-        )
+    results |= fid_kid_if_asked(model, data, device, recipe, fid=fid, inception=inception, max_images=max_images,
+                                show_progress=show_progress)  # fmt: skip
+    if recipe.train.eval_every and log_path is not None:
+        results |= best_logged(log_path)
     return results

@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -30,6 +31,8 @@ from unitkit.errors import UnitkitError
 INCEPTION_ENV = "UNITKIT_INCEPTION"
 INCEPTION_SIZE = 299
 FEATURE_DIM = 2048
+#: Bump when InceptionFeatures prepares images differently, so cached real-image features are recomputed.
+PREPROCESSING_VERSION = 1
 
 
 class MetricsError(UnitkitError):
@@ -78,8 +81,9 @@ class InceptionFeatures:
 
     @property
     def identity(self) -> str:
-        """What the features depend on besides the images: the network file (by name and size)."""
-        return f"{self.path.name}:{self.path.stat().st_size}"
+        """What the features depend on besides the images: the network file (by name and size) and the
+        preprocessing (its version changes whenever ``__call__`` prepares images differently)."""
+        return f"{self.path.name}:{self.path.stat().st_size}:{PREPROCESSING_VERSION}"
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> Tensor:
@@ -109,7 +113,7 @@ class InceptionFeatures:
         return torch.cat(features)
 
 
-def cached_features(key: dict, compute: callable, cache_dir: Path | None = None) -> Tensor:
+def cached_features(key: dict, compute: Callable[[], Tensor], cache_dir: Path | None = None) -> Tensor:
     """Features stored under a hash of ``key`` (what they depend on), computed by ``compute()`` when missing."""
     cache_dir = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "unitkit" / "fid"
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
@@ -156,6 +160,8 @@ def kernel_inception_distance(
     n = min(subset_size, len(features_x), len(features_y))
     if n < 2:
         raise MetricsError(f"KID needs at least 2 images per set, got {len(features_x)} and {len(features_y)}")
+    if n == len(features_x) == len(features_y):  # every "subset" would be the whole sets: one estimate, no spread
+        subsets = 1
     generator = torch.Generator().manual_seed(seed)
     dim = features_x.shape[1]
     estimates = []
@@ -168,4 +174,4 @@ def kernel_inception_distance(
         off_diagonal = (k_xx.sum() - k_xx.diagonal().sum() + k_yy.sum() - k_yy.diagonal().sum()) / (n * (n - 1))
         estimates.append(float(off_diagonal - 2 * k_xy.mean()))
     values = torch.tensor(estimates, dtype=torch.float64)
-    return float(values.mean()), float(values.std()) if subsets > 1 else 0.0
+    return float(values.mean()), float(values.std()) if subsets > 1 else math.nan

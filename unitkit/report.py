@@ -131,6 +131,13 @@ def write_index(run_dir: Path, title: str, status: str) -> Path:
     return path
 
 
+def format_cell(value: object) -> str:
+    """A table cell: floats to 4 significant digits, a missing value empty."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
 #: Columns of a results table that describe the run rather than measure it, or that only qualify another.
 _NOT_PLOTTED = ("variant", "iterations", "seconds", "iteration", "fid_images")
 
@@ -149,13 +156,8 @@ def write_results(rows: list[dict[str, float | int | str]], out_dir: Path, title
         writer.writeheader()
         writer.writerows(rows)
 
-    def cell(value: object) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return "" if value is None else str(value)
-
     lines = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(format_cell(row.get(c)) for c in columns) + " |" for row in rows]
     (out_dir / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     metrics = [c for c in columns if c not in _NOT_PLOTTED and not c.endswith("_step")]
@@ -180,7 +182,7 @@ def plot_results(rows: list[dict], metrics: list[str], path: Path, title: str) -
     )
     for ax, metric in zip(axes[0], metrics, strict=True):
         values = [row.get(metric) for row in rows]
-        heights = [v if isinstance(v, float | int) else 0.0 for v in values]
+        heights = [v if isinstance(v, float | int) else math.nan for v in values]  # a missing value: no bar
         bars = ax.barh(range(len(rows)), heights, color="#4c72b0")
         for bar, value in zip(bars, values, strict=True):
             if isinstance(value, float | int):

@@ -126,6 +126,7 @@ def _check_domain_adaptation_parts(entry: Entry, discriminator: Discriminator, x
         features = discriminator.features(x)
     except NotImplementedError:
         return
+    assert features.shape[0] == len(x), f"discriminator {entry.name!r}: features must keep the batch dimension"
     with torch.no_grad():
         split = discriminator.score(discriminator.features(x))
         whole = discriminator(x)
@@ -137,7 +138,6 @@ def _check_domain_adaptation_parts(entry: Entry, discriminator: Discriminator, x
         return
     logits = with_head.classify(with_head.features(x))
     assert logits.shape == (len(x), 10), f"discriminator {entry.name!r}: classify gives {tuple(logits.shape)}"
-    assert features.shape[0] == len(x)
 
 
 def check_gan_loss(entry: Entry) -> None:

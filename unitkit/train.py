@@ -23,20 +23,21 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from unitkit import checkpoint as ckpt
 from unitkit import distributed
-from unitkit.components import GANLoss
+from unitkit.components import Discriminator, GANLoss
 from unitkit.data import build_data, endless_images, first_images
 from unitkit.errors import TrainingError
-from unitkit.evaluate import best_logged, evaluate_run, fid_kid
-from unitkit.fid import InceptionFeatures, find_inception
+from unitkit.evaluate import best_logged, evaluate_run, fid_kid_if_asked
+from unitkit.fid import MetricsError, find_inception
 from unitkit.model import UNIT, build_model
 from unitkit.objective import discriminator_loss, generator_losses, translate_both
-from unitkit.recipe import ObjectiveSettings, Recipe, TrainSettings
+from unitkit.recipe import ObjectiveSettings, Recipe, RecipeError, TrainSettings
 from unitkit.registry import Registries
 from unitkit.report import plot_losses, sample_grid, write_index
 
@@ -220,6 +221,11 @@ def build_step(
     dtype, channels_last = speed_switches(cfg, device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = build_model(recipe, registries, channels, num_classes=num_classes, image_size=image_size)
+    if (weights.classify or weights.feature) and type(model.dis_a).features is Discriminator.features:
+        raise RecipeError(
+            f"objective.classify and objective.feature need a discriminator that exposes its trunk features; "
+            f"[model.discriminator] kind = {recipe.discriminator.kind!r} does not (the built-in 'digits32' does)"
+        )
     model = model.to(device=device, memory_format=memory_format)
     if cfg.compile:
         for network in (model.enc_a, model.enc_b, model.gen_a, model.gen_b, model.dis_a, model.dis_b):
@@ -277,9 +283,6 @@ def train(
     if cfg.batch_size % shard.world:
         raise TrainingError(f"train.batch_size = {cfg.batch_size} must be divisible by the {shard.world} processes")
     run_dir = Path(run_dir)
-    if shard.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.toml").write_text(recipe.to_toml(), encoding="utf-8")
     if recipe.evaluate.fid:
         find_inception(recipe.evaluate.inception or None)  # fail now, not after hours of training
     seed_everything(cfg.seed)
@@ -296,6 +299,9 @@ def train(
                  "paired_test": data.paired_test, "head_classes": head_classes}  # fmt: skip
     unit = build_step(recipe, registries, data.channels, data.image_size, device, shard, head_classes)
     model, optimizers, schedulers, scalers = unit.model, unit.optimizers, unit.schedulers, unit.scalers
+    if shard.is_main:  # only now: a recipe that cannot build leaves no half-made run directory behind
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.toml").write_text(recipe.to_toml(), encoding="utf-8")
     checkpoints = run_dir / "checkpoints"
 
     step = 0
@@ -402,10 +408,14 @@ def train(
                 logger.log_scalars(step, {"data/skipped_files": unreadable})
         if not interrupted and shard.is_main:
             results = evaluate()
-            if recipe.evaluate.fid:
-                inception = InceptionFeatures(recipe.evaluate.inception or None, device)
-                results |= fid_kid(model, data, device, inception, recipe.resolved["data"], recipe.evaluate.fid_images,
-                                   show_progress=show_progress)  # fmt: skip
+            try:
+                distances = fid_kid_if_asked(model, data, device, recipe, show_progress=show_progress)
+            except (MetricsError, RuntimeError) as exc:  # a broken network file, or out of memory: keep the rest
+                console.print(f"[yellow]FID/KID failed:[/] {escape(str(exc))}; the other metrics are kept")
+                distances = {}
+            for logger in loggers:
+                logger.log_scalars(step, {f"eval/{k}": v for k, v in distances.items()})
+            results |= distances
             if results:
                 if cfg.eval_every:
                     results |= best_logged(run_dir / "log.jsonl")
