@@ -222,3 +222,15 @@ def test_domain_adaptation_terms_need_a_discriminator_with_trunk_features(tiny_r
     result = unitkit_process("run", tiny_recipe, "--out", run_dir, "--set", "objective.feature=1e-4")
     assert result.returncode == 2 and "exposes its trunk features" in result.stderr and "'patch'" in result.stderr
     assert not run_dir.exists()  # nothing half-made to --overwrite later
+
+
+def test_a_sweep_over_chosen_ablations_and_its_mistakes(tiny_recipe, tmp_path):
+    result = invoke("run", tiny_recipe, "--ablations", "no-sharing", "--out", tmp_path / "sweep", "--quiet",
+                    "--set", "train.iterations=1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [r.split(",")[0] for r in (tmp_path / "sweep" / "results.csv").read_text().splitlines()[1:]] == [
+        "base", "no-sharing"]  # fmt: skip
+    unknown = invoke("run", tiny_recipe, "--ablations", "no-sharing,no-shareing", "--out", tmp_path / "other")
+    assert unknown.exit_code == 2 and "no-shareing" in unknown.output and not (tmp_path / "other").exists()
+    both = invoke("run", tiny_recipe, "--ablations", "no-sharing", "--all-ablations")
+    assert both.exit_code == 2 and "one of" in both.output

@@ -181,6 +181,9 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 @click.option(
     "--all-ablations", is_flag=True, help="Run the base recipe and every ablation, each in its own run directory."
 )
+@click.option(
+    "--ablations", "chosen", default="", metavar="A,B,...", help="Like --all-ablations, for these ablations only."
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory [default: runs/NAME].")
 @click.option("--resume", is_flag=True, help="Continue the run in the run directory from its latest checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
@@ -191,6 +194,7 @@ def run(
     overrides: tuple[str, ...],
     ablation: str,
     all_ablations: bool,
+    chosen: str,
     out: Path | None,
     resume: bool,
     overwrite: bool,
@@ -206,20 +210,29 @@ def run(
       unitkit run recipes/quickstart.toml
       unitkit run recipes/cats.toml --set data.root=/data/cats --set train.batch_size=4
       unitkit run recipes/cats.toml --ablation no-sharing
+      unitkit run recipes/cats.toml --ablations no-sharing,no-cycle --set train.iterations=5000
       unitkit run recipes/quickstart.toml --out runs/qs --resume
+
+    A sweep (--all-ablations or --ablations) ends with RUN_DIR/results.md, results.csv and results.png.
     """
     from unitkit.checkpoint import list_checkpoints
     from unitkit.distributed import is_main_process
     from unitkit.recipe import ablation_names
     from unitkit.train import train
 
-    if all_ablations and ablation:
-        raise RecipeError("use --ablation NAME or --all-ablations, not both")
+    if sum(map(bool, (ablation, all_ablations, chosen))) > 1:
+        raise RecipeError("use one of --ablation NAME, --ablations A,B,... and --all-ablations")
     plugins = plugins_with_warnings()
-    variants = [""] + ablation_names(recipe) if all_ablations else [ablation]
+    sweep = all_ablations or bool(chosen)
+    if all_ablations:
+        variants = ["", *ablation_names(recipe)]
+    elif chosen:
+        variants = ["", *(name.strip() for name in chosen.split(",") if name.strip())]
+    else:
+        variants = [ablation]
     # Validate every variant before the first one trains, so a typo in the last ablation costs nothing.
     recipes = [load_recipe(recipe, plugins.registries, overrides, name) for name in variants]
-    sweep_dir = (out if out is not None else Path("runs") / f"{recipes[0].name}-ablations") if all_ablations else None
+    sweep_dir = (out if out is not None else Path("runs") / f"{recipes[0].name}-ablations") if sweep else None
     if sweep_dir is not None:
         run_dirs = [sweep_dir / (name or "base") for name in variants]
     else:
@@ -239,7 +252,7 @@ def run(
         if result.interrupted:
             again = ["unitkit", "run", str(recipe), *(f"--set {shlex.quote(o)}" for o in overrides)]
             if sweep_dir is not None:
-                again += ["--all-ablations", "--out", str(sweep_dir)]
+                again += ["--all-ablations" if all_ablations else f"--ablations {chosen}", "--out", str(sweep_dir)]
             else:
                 again += [*(["--ablation", ablation] if ablation else []), "--out", str(run_dir)]
             say.print(
