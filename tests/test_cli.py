@@ -39,7 +39,7 @@ def test_tiny_run_writes_everything_then_resumes_and_translates(tiny_recipe, tmp
     assert [r["step"] for r in records if "G/total" in r] == [1, 2, 3, 4]
     assert "samples/step_000000004.png" in (run_dir / "index.html").read_text()
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
-    assert 0 <= evaluation["pixel_accuracy_a2b"] <= 1
+    assert 0 <= evaluation["pixel_accuracy_a2b"] <= 1 and 0 <= evaluation["pixel_accuracy_floor_a2b"] <= 1
 
     # The run directory is never silently reused.
     again = invoke("run", tiny_recipe, "--out", run_dir, "--quiet")

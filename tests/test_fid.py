@@ -110,3 +110,15 @@ def test_the_shipped_fid_network_gives_2048_features():
     assert torch.isfinite(features).all() and features.std() > 0
     torch.testing.assert_close(inception(images), features)  # deterministic
     assert not torch.allclose(inception(-images), features)
+
+
+def test_the_pixel_accuracy_floor_paints_the_median_training_colour():
+    from torch.utils.data import TensorDataset
+
+    from unitkit.evaluate import median_colour, pixel_accuracy
+
+    images = torch.full((5, 3, 4, 4), -1.0)
+    images[:3, 0] = 0.5  # red channel mostly 0.5, green and blue all -1
+    colour = median_colour(TensorDataset(images, torch.zeros(5)))
+    torch.testing.assert_close(colour.flatten(), torch.tensor([0.5, -1.0, -1.0]))
+    assert pixel_accuracy(colour.expand_as(images), images) == pytest.approx(3 / 5)

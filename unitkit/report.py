@@ -169,18 +169,31 @@ def write_results(rows: list[dict[str, float | int | str]], out_dir: Path, title
     return written
 
 
+def floor_of(metric: str) -> str:
+    """The metric a translation must beat to be worth its score: untranslated images for FID/KID, one
+    constant colour for pixel accuracy ("" when there is none)."""
+    if metric.startswith(("fid_", "kid_")):
+        return f"{metric.split('_')[0]}_untranslated"
+    if metric.startswith("pixel_accuracy_"):
+        return metric.replace("pixel_accuracy_", "pixel_accuracy_floor_", 1)
+    return ""
+
+
 def plot_results(rows: list[dict], metrics: list[str], path: Path, title: str) -> Path:
-    """One horizontal bar chart per metric, a bar per variant."""
+    """One horizontal bar chart per metric, a bar per variant, with the metric's floor dashed where it has one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    floors = {floor_of(metric) for metric in metrics}
+    metrics = [metric for metric in metrics if metric not in floors]
     variants = [str(row["variant"]) for row in rows]
-    fig, axes = plt.subplots(
-        1, len(metrics), figsize=(3.6 * len(metrics) + 1.5, 0.35 * len(rows) + 1.4), squeeze=False, sharey=True
-    )
-    for ax, metric in zip(axes[0], metrics, strict=True):
+    columns = 2 if len(metrics) in (2, 4) else min(3, len(metrics))
+    lines = math.ceil(len(metrics) / columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(4.2 * columns + 1, (0.3 * len(rows) + 1.2) * lines),
+                             squeeze=False, sharey=True)  # fmt: skip
+    for ax, metric in zip(axes.flat, metrics, strict=False):
         values = [row.get(metric) for row in rows]
         heights = [v if isinstance(v, float | int) else math.nan for v in values]  # a missing value: no bar
         bars = ax.barh(range(len(rows)), heights, color="#4c72b0")
@@ -188,10 +201,18 @@ def plot_results(rows: list[dict], metrics: list[str], path: Path, title: str) -
             if isinstance(value, float | int):
                 ax.annotate(f"{value:.3g}", (bar.get_width(), bar.get_y() + bar.get_height() / 2), fontsize=7,
                             xytext=(2, 0), textcoords="offset points", va="center")  # fmt: skip
-        ax.set_title(metric, fontsize=9)
+        floor = rows[0].get(floor_of(metric))
+        if isinstance(floor, float | int):
+            ax.axvline(floor, color="#c44e52", linestyle="--", linewidth=1)
+            ax.set_title(f"{metric} (dashed: floor, {floor:.3g})", fontsize=9)
+        else:
+            ax.set_title(metric, fontsize=9)
+        ax.margins(x=0.15)
         ax.set_yticks(range(len(rows)), variants, fontsize=8)
-        ax.invert_yaxis()
         ax.grid(axis="x", alpha=0.3)
+    for ax in list(axes.flat)[len(metrics) :]:
+        ax.set_visible(False)
+    axes[0][0].invert_yaxis()  # the axes share y: invert once, so the first variant is on top
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
