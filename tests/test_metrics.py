@@ -1,4 +1,4 @@
-"""FID and KID: known properties, a second computation of the Fréchet distance, and the Inception network."""
+"""Metrics: FID and KID (known properties, a second computation, the Inception network) and pixel-accuracy floors."""
 
 from __future__ import annotations
 
