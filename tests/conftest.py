@@ -69,6 +69,32 @@ def tiny_recipe(tmp_path: Path) -> Path:
     return path
 
 
+#: The digits networks at toy width with the domain-adaptation terms on; prepend a [data] table, append [train].
+TINY_DIGITS = """
+[model.encoder]
+kind = "digits32"
+width = 2
+[model.generator]
+kind = "digits32"
+width = 2
+[model.discriminator]
+kind = "digits32"
+width = 2
+dropout = false
+[model.sharing]
+kind = "all-but-ends"
+[model]
+share_discriminators = true
+[objective]
+recon = 1e-3
+cycle = 0.0
+kl_cycle = 0.0
+classify = 10.0
+feature = 1e-4
+fake_reconstructions = true
+"""
+
+
 PLUGIN_SOURCE = '''
 import unitkit
 from unitkit import hookimpl

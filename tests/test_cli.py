@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import TINY_DIGITS
 from PIL import Image
 
 from unitkit.checkpoint import list_checkpoints, read_checkpoint
@@ -163,29 +164,10 @@ def test_a_run_that_needs_fid_fails_before_training_without_the_network(tiny_rec
     assert not (tmp_path / "run" / "log.jsonl").exists()
 
 
-DIGITS_RUN = """
-[data]
-kind = "mnist-usps"
-root = "${UNITKIT_DATA}"
-[model.encoder]
-kind = "digits32"
-width = 2
-[model.generator]
-kind = "digits32"
-width = 2
-[model.discriminator]
-kind = "digits32"
-width = 2
-[model.sharing]
-kind = "all-but-ends"
-[model]
-share_discriminators = true
-[objective]
-cycle = 0.0
-kl_cycle = 0.0
-classify = 10.0
-feature = 1e-4
-fake_reconstructions = true
+DIGITS_RUN = (
+    '[data]\nkind = "mnist-usps"\nroot = "${UNITKIT_DATA}"\n'
+    + TINY_DIGITS
+    + """
 [train]
 iterations = 4
 batch_size = 8
@@ -195,6 +177,7 @@ sample_every = 4
 checkpoint_every = 4
 device = "cpu"
 """
+)
 
 
 def test_domain_adaptation_run_reports_last_and_best_accuracy(shared_data, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_DIGITS
 
 from unitkit.builtin.losses import LSGAN, HingeGAN, VanillaGAN, l1, l2
 from unitkit.model import build_model
@@ -143,32 +144,7 @@ def test_image_sum_reduction_sums_each_image_and_averages_the_batch():
     assert l2()(x, y).item() == pytest.approx(9 / 8)
 
 
-DIGITS_RECIPE = """
-[data]
-kind = "synthetic"
-[model.encoder]
-kind = "digits32"
-width = 2
-[model.generator]
-kind = "digits32"
-width = 2
-[model.discriminator]
-kind = "digits32"
-width = 2
-dropout = false
-[model.sharing]
-kind = "all-but-ends"
-[model]
-share_discriminators = true
-[objective]
-gan = 1.0
-recon = 1e-3
-cycle = 0.0
-kl_cycle = 0.0
-classify = 10.0
-feature = 1e-4
-fake_reconstructions = true
-"""
+DIGITS_RECIPE = '[data]\nkind = "synthetic"\n' + TINY_DIGITS
 
 
 @pytest.fixture
