@@ -350,13 +350,13 @@ def train(
         plot_losses(run_dir / "log.jsonl", run_dir / "losses.png")
         write_index(run_dir, recipe.name, f"iteration {step:,} of {cfg.iterations:,}")
 
-    def evaluate() -> dict[str, float]:
-        if not shard.is_main:
-            return {}
-        results = evaluate_run(model, data, device)
+    def log_evaluation(results: dict[str, float]) -> dict[str, float]:
         for logger in loggers:
             logger.log_scalars(step, {f"eval/{k}": v for k, v in results.items()})
         return results
+
+    def evaluate() -> dict[str, float]:
+        return log_evaluation(evaluate_run(model, data, device)) if shard.is_main else {}
 
     start_step, started = step, time.perf_counter()
     progress = _progress(console) if show_progress and shard.is_main else None
@@ -413,9 +413,7 @@ def train(
             except (MetricsError, RuntimeError) as exc:  # a broken network file, or out of memory: keep the rest
                 console.print(f"[yellow]FID/KID failed:[/] {escape(str(exc))}; the other metrics are kept")
                 distances = {}
-            for logger in loggers:
-                logger.log_scalars(step, {f"eval/{k}": v for k, v in distances.items()})
-            results |= distances
+            results |= log_evaluation(distances)
             if results:
                 if cfg.eval_every:
                     results |= best_logged(run_dir / "log.jsonl")
