@@ -12,7 +12,8 @@ practical ceiling.
 
 Configurations: the reference UNIT architecture (recipes/cats.toml: generator width 64, 2 downsamplings,
 4 residual blocks in encoder and decoder; discriminator 4 layers x 3 scales; LSGAN; every loss term on) at
-128x128 batch 1, 256x256 batch 1 and 128x128 batch 8; and the 32x32 digits networks at batch 64.
+128x128 batch 1, 256x256 batch 1 and 128x128 batch 8; the 32x32 digits networks at batch 64; and the full
+MNIST->USPS domain-adaptation recipe (recipes/mnist2usps.toml) at its batch of 64.
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ CONFIGS = {
     "ref-256-b1": ("cats.toml", [o.format(size=256, batch=1) for o in REFERENCE], (3, 3)),
     "ref-128-b8": ("cats.toml", [o.format(size=128, batch=8) for o in REFERENCE], (3, 3)),
     "digits-32-b64": ("cats.toml", DIGITS, (1, 1)),
+    "mnist2usps-b64": ("mnist2usps.toml", [], (1, 1)),
 }
 SWITCHES = {
     "fp32": ["train.precision=fp32", "train.channels_last=false"],
     "fp32-channels_last": ["train.precision=fp32", "train.channels_last=true"],
     "bf16-channels_last": ["train.precision=bf16", "train.channels_last=true"],
+    "bf16-channels_last-compile": ["train.precision=bf16", "train.channels_last=true", "train.compile=true"],
 }
 
 
@@ -85,11 +88,13 @@ def measure(name: str, switch: str, threads: int, warmup: int, timed: int, devic
     )
     seed_everything(0)
     size, batch = recipe.data.settings["image_size"], recipe.train.batch_size
-    step = build_step(recipe, registries, channels, size, device)
+    classes = 10 if recipe.objective.classify else 0  # the digits' classes, for recipes with a classifier term
+    step = build_step(recipe, registries, channels, size, device, num_classes=classes)
     x_a, x_b = (torch.rand(batch, c, size, size) * 2 - 1 for c in channels)
+    labels_a = torch.randint(0, max(classes, 1), (batch,))
 
     def iteration() -> None:
-        step(x_a, x_b)
+        step(x_a, x_b, labels_a)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
