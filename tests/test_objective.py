@@ -184,6 +184,22 @@ def test_domain_adaptation_terms_match_their_formulas(digits):
     torch.testing.assert_close(terms["total"], terms["gan"] + terms["classify"] + terms["feature"])
 
 
+def test_feature_term_compares_dropout_free_features_and_leaves_dropout_on(digits):
+    # With the digits code's dropout (0.5 on the last trunk block) the distance would be mostly noise.
+    model, weights, t = digits("model.discriminator.dropout=true")
+    d_a, d_b = model.dis_a, model.dis_b
+    values = [discriminator_loss(model, t, VanillaGAN(), weights, torch.tensor([0, 1, 2, 3]))["feature"] for _ in "ab"]
+    assert all(m.training for m in d_a.modules()) and all(m.training for m in d_b.modules())
+    with torch.no_grad():
+        d_a.eval(), d_b.eval()
+        expected = 1e-4 * (
+            (d_b.features(t.ab) - d_a.features(t.recon_a)).pow(2).sum((1, 2, 3)).mean()
+            + (d_a.features(t.ba) - d_b.features(t.recon_b)).pow(2).sum((1, 2, 3)).mean()
+        )
+    torch.testing.assert_close(values[0], expected)
+    torch.testing.assert_close(values[1], expected)
+
+
 def test_domain_adaptation_terms_train_the_shared_classifier_and_both_stems_not_the_generators(digits):
     model, weights, t = digits("objective.gan=0.0")
     terms = discriminator_loss(model, t, VanillaGAN(), weights, torch.tensor([1, 2, 3, 4]))

@@ -60,7 +60,8 @@ class Discriminator(nn.Module):
 
     The domain-adaptation terms need more: ``features`` (the trunk's output, compared by the feature-consistency
     term) and ``score`` (logits from those features), and for a classifier head ``num_classes`` and
-    ``classify``. Splitting the pass this way lets one trunk pass serve the GAN, classifier and feature terms.
+    ``classify``. Splitting the pass this way lets one trunk pass serve the GAN and classifier terms; the feature
+    term calls ``features`` again with dropout off.
     """
 
     trunk: tuple[str, ...] = ()

@@ -6,11 +6,13 @@ zero skips the computation its term needs (a decode, an encode, a discriminator 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.nn.modules.dropout import _DropoutNd
 
 from unitkit.components import GANLoss, squared_distance
 from unitkit.distributed import SINGLE_PROCESS, Shard
@@ -96,6 +98,19 @@ def adversarial_discriminator(gan: GANLoss, real: list[Tensor], fake: list[Tenso
     return sum((gan.discriminator(r, f) for r, f in zip(real, fake, strict=True)), start=real[0].new_zeros(()))
 
 
+@contextmanager
+def dropout_off(*modules: torch.nn.Module) -> Iterator[None]:
+    """Run ``modules`` with their dropout layers in eval mode (and everything else as it was)."""
+    dropouts = [m for module in modules for m in module.modules() if isinstance(m, _DropoutNd) and m.training]
+    for m in dropouts:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in dropouts:
+            m.train()
+
+
 def discriminator_loss(
     model: UNIT, t: Translations, gan: GANLoss, weights: ObjectiveSettings, labels_a: Tensor | None = None
 ) -> dict[str, Tensor]:
@@ -105,38 +120,39 @@ def discriminator_loss(
     ``fake_reconstructions``). The domain-adaptation terms of the digits code train D too: ``classify``, the
     classifier head's cross-entropy on labelled domain-A images, and ``feature``, the distance between the
     trunk features of a translation and of the same code's reconstruction (which pulls the two domains'
-    features together, so a classifier trained on A also reads B). One trunk pass per domain serves all three.
+    features together, so a classifier trained on A also reads B). One trunk pass per domain serves the GAN and
+    classifier terms; the feature term takes its own pass with dropout off, as the digits code does.
     """
-    with_recon = weights.fake_reconstructions or weights.feature
-    use_features = weights.classify or weights.feature
     terms: dict[str, Tensor] = {}
     gan_loss = t.x_a.new_zeros(())
-    features = {}
+    real_features = {}
     for domain, real, translation, recon in (("a", t.x_a, t.ba, t.recon_a), ("b", t.x_b, t.ab, t.recon_b)):
         dis = model.discriminator(domain)
         n = len(real)
         # One pass over real and fake images: a larger batch is faster, and D scores each image on its own.
-        batch = torch.cat([real, translation, recon] if with_recon else [real, translation]).detach()
-        if use_features:
-            trunk = dis.features(batch)
-            features[domain] = trunk.split(n)  # real, translation, reconstruction
+        batch = torch.cat([real, translation, recon] if weights.fake_reconstructions else [real, translation])
+        if weights.classify:
+            trunk = dis.features(batch.detach())
+            real_features[domain] = trunk[:n]
             logits = dis.score(trunk)
         else:
-            logits = dis(batch)
-        fake_end = None if weights.fake_reconstructions else 2 * n
-        gan_loss = gan_loss + adversarial_discriminator(gan, [s[:n] for s in logits], [s[n:fake_end] for s in logits])
+            logits = dis(batch.detach())
+        gan_loss = gan_loss + adversarial_discriminator(gan, [s[:n] for s in logits], [s[n:] for s in logits])
     if weights.gan:
         terms["gan"] = weights.gan * gan_loss
     if weights.classify:
         if labels_a is None:
             raise ValueError("objective.classify needs the labels of the domain-A batch")
-        logits = model.dis_a.classify(features["a"][0])
+        logits = model.dis_a.classify(real_features["a"])
         terms["classify"] = weights.classify * torch.nn.functional.cross_entropy(logits.float(), labels_a)
     if weights.feature:
-        # translation to B and reconstruction in A decode the same code z_a (and vice versa)
-        terms["feature"] = weights.feature * (
-            squared_distance(features["b"][1], features["a"][2]) + squared_distance(features["a"][1], features["b"][2])
-        )
+        # Dropout (0.5 on the digits trunk) would turn most of this distance into noise whose minimum is
+        # features shrunk towards zero, not features aligned across the domains.
+        with dropout_off(model.dis_a, model.dis_b):
+            ab, recon_b = model.dis_b.features(torch.cat([t.ab, t.recon_b]).detach()).chunk(2)
+            ba, recon_a = model.dis_a.features(torch.cat([t.ba, t.recon_a]).detach()).chunk(2)
+        # the translation to B and the reconstruction in A decode the same code z_a (and vice versa)
+        terms["feature"] = weights.feature * (squared_distance(ab, recon_a) + squared_distance(ba, recon_b))
     terms["total"] = sum(terms.values(), start=t.x_a.new_zeros(()))
     return terms
 
