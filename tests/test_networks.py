@@ -6,6 +6,7 @@ from torch import nn
 
 from unitkit import Discriminator, EncoderBackbone, GeneratorBackbone, count_parameters
 from unitkit.builtin.networks import (
+    AppendCoordinates,
     Digits32Discriminator,
     Digits32Encoder,
     Digits32Generator,
@@ -113,6 +114,26 @@ def test_digits_blocks_tie_across_domains():
         gen_b.blocks[i] = gen_a.blocks[i]
     assert gen_b(enc_b(torch.randn(2, 1, 32, 32))).shape == (2, 1, 32, 32)
     assert gen_a(enc_a(torch.randn(2, 3, 32, 32))).shape == (2, 3, 32, 32)
+
+
+def test_coordinates_are_rows_and_columns_in_minus_one_to_one():
+    out = AppendCoordinates()(torch.zeros(2, 1, 32, 32))
+    assert out.shape == (2, 3, 32, 32)
+    rows, cols = out[0, 1], out[0, 2]
+    assert rows[0, 5] == -1 and rows[31, 5] == 15 / 16 and rows[16, 0] == 0  # the digits code's (i - 16) / 16
+    assert torch.equal(cols, rows.T)
+
+
+def test_digits_encoder_with_coordinates_feeds_them_to_its_stem():
+    enc = Digits32Encoder(1, width=4, coordinates=True).eval()
+    stem = enc.blocks[0][1]
+    assert stem.in_channels == 3  # the image and its two coordinate channels
+    x = torch.randn(2, 1, 32, 32)
+    z = enc(x)
+    assert z.shape == (2, 32, 1, 1)
+    with torch.no_grad():
+        stem.weight[:, 1:] = 0
+    assert not torch.allclose(z, enc(x))
 
 
 def test_digits_encoder_rejects_other_sizes():

@@ -276,21 +276,38 @@ def _bn_lrelu(
     )
 
 
+class AppendCoordinates(nn.Module):
+    """Appends two channels holding each pixel's row and column, scaled to [-1, 1).
+
+    The digits code's "context" trainer feeds these to its encoders, so the first convolutions know where on
+    the canvas a stroke lies.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, _, h, w = x.shape
+        rows = (torch.arange(h, device=x.device, dtype=x.dtype) - h / 2) / (h / 2)
+        cols = (torch.arange(w, device=x.device, dtype=x.dtype) - w / 2) / (w / 2)
+        grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"))
+        return torch.cat([x, grid.expand(n, -1, -1, -1)], 1)
+
+
 class Digits32Encoder(EncoderBackbone):
     """Encoder of the paper's 32x32 coupled VAE (COVAE32x32) for the digits domain-adaptation experiments.
 
     ``blocks`` = [stem 5x5/2, conv 5x5/2, conv 8x8 to 1x1, conv 1x1, mean head 1x1]; channels w, 2w, 4w, 8w, 8w
     with batch norm (no affine) + bias and LeakyReLU(0.01). The latent is the mean, (N, 8*width, 1, 1):
     ``latent_channels = 8 * width``. The reference also learns a sigma; here the model adds unit-variance noise.
+    ``coordinates`` appends each pixel's row and column to the stem's input (:class:`AppendCoordinates`).
     """
 
-    def __init__(self, in_channels: int, width: PositiveInt = 64):
+    def __init__(self, in_channels: int, width: PositiveInt = 64, coordinates: bool = False):
         super().__init__()
         _check_at_least("Digits32Encoder", width=(width, 1))
         w = width
+        stem = _bn_lrelu(in_channels + 2 * coordinates, w, 5, 2, 2)  # 32 -> 16
         self.blocks = nn.ModuleList(
             [
-                _bn_lrelu(in_channels, w, 5, 2, 2),  # 32 -> 16
+                nn.Sequential(AppendCoordinates(), *stem) if coordinates else stem,
                 _bn_lrelu(w, 2 * w, 5, 2, 2),  # 16 -> 8
                 _bn_lrelu(2 * w, 4 * w, 8),  # 8 -> 1
                 _bn_lrelu(4 * w, 8 * w, 1),
@@ -378,6 +395,7 @@ __all__ = [
     "ResnetGenerator",
     "MultiscalePatchDiscriminator",
     "PatchDiscriminator",
+    "AppendCoordinates",
     "Digits32Encoder",
     "Digits32Generator",
     "Digits32Discriminator",
