@@ -82,6 +82,23 @@ def test_encode_pair_matches_separate_encoders(tiny_recipe, registries):
     torch.testing.assert_close(h_b, model.enc_b(x_b))
 
 
+@pytest.mark.parametrize("strategy", ["none", "shared-latent", "all-but-ends"])
+def test_decode_both_matches_separate_generators_and_runs_shared_blocks_once(tiny_recipe, registries, strategy):
+    model = build(tiny_recipe, registries, f"model.sharing.kind={strategy}", channels=(1, 3))
+    z = torch.randn(3, model.enc_a.latent_channels, 4, 4)
+    calls = []
+    hooks = [block.register_forward_hook(lambda *_: calls.append(1)) for block in model.gen_a.blocks]
+    with torch.no_grad():
+        x_a, x_b = model.decode_both(z)
+        shared = sum(a is b for a, b in zip(model.gen_a.blocks, model.gen_b.blocks, strict=True))
+        assert len(calls) == len(model.gen_a.blocks)  # G_a's blocks once each, shared ones included
+        for hook in hooks:
+            hook.remove()
+        model.eval()
+        torch.testing.assert_close(model.decode_both(z), (model.gen_a(z), model.gen_b(z)))
+    assert x_a.shape[1] == 1 and x_b.shape[1] == 3 and (shared > 0) == (strategy != "none")
+
+
 def test_different_channel_counts_per_domain(tiny_recipe, registries):
     model = build(tiny_recipe, registries, channels=(1, 3))
     h_a, h_b = model.encode_pair(torch.randn(2, 1, 16, 16), torch.randn(2, 3, 16, 16))

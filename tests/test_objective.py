@@ -70,15 +70,16 @@ def run_terms(model, weights, seed=1):
 
 
 def count_calls(model):
-    calls = {name: 0 for name in ("enc_a", "enc_b", "gen_a", "gen_b", "dis_a", "dis_b")}
-    images = {name: 0 for name in calls}
-    for name in calls:
+    """Images each network processes, counted at a block of its own: shared blocks may run once for both."""
+    own_block = {"enc_a": model.enc_a.blocks[0], "enc_b": model.enc_b.blocks[0], "gen_a": model.gen_a.blocks[-1],
+                 "gen_b": model.gen_b.blocks[-1], "dis_a": model.dis_a, "dis_b": model.dis_b}  # fmt: skip
+    images = dict.fromkeys(own_block, 0)
+    for name, module in own_block.items():
 
         def hook(module, args, output, name=name):
-            calls[name] += 1
             images[name] += len(args[0])
 
-        getattr(model, name).register_forward_hook(hook)
+        module.register_forward_hook(hook)
     return images
 
 

@@ -97,6 +97,29 @@ class UNIT(nn.Module):
             h_a, h_b = block_a(h_a), block_b(h_b)
         return h_a, h_b
 
+    def decode_both(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """G_a(z) and G_b(z): the leading blocks both generators share run once, their outputs feed both ends."""
+        shared = _shared_prefix(self.gen_a, self.gen_b)
+        if not shared:
+            return self.gen_a(z), self.gen_b(z)
+        h = z
+        for block in self.gen_a.blocks[:shared]:
+            h = block(h)
+        x_a = x_b = h
+        for block in self.gen_a.blocks[shared:]:
+            x_a = block(x_a)
+        for block in self.gen_b.blocks[shared:]:
+            x_b = block(x_b)
+        return x_a, x_b
+
+
+def _shared_prefix(a: nn.Module, b: nn.Module) -> int:
+    """How many leading blocks of the two backbones are the same module."""
+    count = 0
+    while count < min(len(a.blocks), len(b.blocks)) and a.blocks[count] is b.blocks[count]:
+        count += 1
+    return count
+
 
 def _first_shared_block(a: nn.Module, b: nn.Module) -> int:
     """Index from which every block of the two backbones is the same module (len(blocks) if none is)."""

@@ -70,8 +70,8 @@ def translate_both(
     h_a, h_b = model.encode_pair(x_a, x_b)
     z_a, z_b = with_noise(h_a, shard), with_noise(h_b, shard)
     if weights.recon or weights.feature or weights.fake_reconstructions:
-        recon_a, ba = decode(model.gen_a, z_a, z_b)
-        ab, recon_b = decode(model.gen_b, z_a, z_b)
+        to_a, to_b = model.decode_both(torch.cat([z_a, z_b]))
+        (recon_a, ba), (ab, recon_b) = to_a.split([len(z_a), len(z_b)]), to_b.split([len(z_a), len(z_b)])
     else:
         (ba,), (ab,) = decode(model.gen_a, z_b), decode(model.gen_b, z_a)
         recon_a = recon_b = None
