@@ -74,6 +74,11 @@ def test_mismatched_encoder_and_generator_is_a_recipe_error(tiny_recipe, registr
         build(tiny_recipe, registries, "model.generator.downsamplings=0")
 
 
+def test_discriminator_too_deep_for_the_image_size_is_a_recipe_error(tiny_recipe, registries):
+    with pytest.raises(RecipeError, match=r"\[model.discriminator\] does not fit \[data\] image_size = 16"):
+        build(tiny_recipe, registries, "model.discriminator.layers=5")  # 16 / 2**5 would vanish
+
+
 def test_encode_pair_matches_separate_encoders(tiny_recipe, registries):
     model = build(tiny_recipe, registries).eval()
     x_a, x_b = torch.randn(2, 3, 16, 16), torch.randn(3, 3, 16, 16)

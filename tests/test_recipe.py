@@ -103,6 +103,14 @@ def test_bad_override_and_unknown_ablation(tiny_recipe, registries):
         load_recipe(tiny_recipe, registries, ablation="no-shring")
 
 
+def test_an_ablation_name_with_a_dot_says_to_quote_it(tmp_path, registries):
+    path = write(tmp_path, '[data]\nkind = "synthetic"\n[ablations.kl-0.1]\n"objective.kl" = 0.1\n')
+    with pytest.raises(RecipeError, match=r'quote it: \[ablations."kl-0.1"\]'):
+        load_recipe(path, registries, ablation="kl-0")
+    path.write_text('[data]\nkind = "synthetic"\n[ablations."kl-0.1"]\n"objective.kl" = 0.1\n', encoding="utf-8")
+    assert load_recipe(path, registries, ablation="kl-0.1").objective.kl == 0.1
+
+
 def test_parse_override_values():
     assert parse_override("a.b=3") == ("a.b", 3)
     assert parse_override("a=true") == ("a", True)

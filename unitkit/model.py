@@ -220,7 +220,7 @@ def build_model(
 
 
 def check_shapes(model: UNIT, channels: tuple[int, int], image_size: int) -> None:
-    """Run one image per domain through encoder and generator; a size mismatch is a RecipeError."""
+    """Run one image per domain through encoder, generator and discriminator; a size mismatch is a RecipeError."""
     if image_size % model.size_multiple:
         raise RecipeError(
             f"[data] image_size = {image_size} is not divisible by {model.size_multiple}, the encoder's downsampling"
@@ -239,6 +239,12 @@ def check_shapes(model: UNIT, channels: tuple[int, int], image_size: int) -> Non
                         f"{image_size}x{image_size} image; expected {(c, image_size, image_size)}. Match the "
                         "generator's settings (e.g. downsamplings) to the encoder's"
                     )
+            for domain, image in zip(DOMAINS, x, strict=True):
+                try:
+                    model.discriminator(domain)(image)
+                except ValueError as exc:  # a discriminator's own check, e.g. too many scales for the size
+                    message = f"[model.discriminator] does not fit [data] image_size = {image_size}: {exc}"
+                    raise RecipeError(message) from exc
         except RuntimeError as exc:
             raise RecipeError(f"[model] encoder, generator and data do not fit together: {exc}") from exc
         finally:

@@ -481,7 +481,16 @@ def load_recipe(
             raise RecipeError(f"{origin}: no ablation {ablation!r}; {hint}(defined: {', '.join(names) or 'none'})")
         if not isinstance(ablations[ablation], dict):
             raise RecipeError(f"{origin}: [ablations.{ablation}] must be a table of dotted-key overrides")
-        raw = apply_overrides(raw, _flatten(ablations[ablation]), f"{origin} [ablations.{ablation}]")
+        changes = _flatten(ablations[ablation])
+        for key in changes:
+            table = key.split(".")[0]
+            if table not in RecipeSchema.model_fields:
+                # [ablations.kl-0.1] is the table "kl-0" holding a table "1": TOML splits names at dots.
+                raise RecipeError(
+                    f"{origin}: [ablations.{ablation}] sets {key!r}, but {table!r} is not a recipe table; if the "
+                    f'ablation\'s name has a dot, quote it: [ablations."{ablation}.{table}"]'
+                )
+        raw = apply_overrides(raw, changes, f"{origin} [ablations.{ablation}]")
     parsed = dict(parse_override(o) for o in overrides)
     raw = apply_overrides(raw, parsed, f"{origin} (--set)")
     return validate(raw, registries, origin, ablation)
