@@ -15,6 +15,7 @@ from PIL import Image
 
 from unitkit.checkpoint import list_checkpoints, read_checkpoint
 from unitkit.cli import main
+from unitkit.sweep import job_devices
 
 RUNNER = CliRunner()
 
@@ -76,6 +77,28 @@ def test_all_ablations_run_each_in_its_own_directory(tiny_recipe, tmp_path):
     assert [row.split(",")[0] for row in rows[1:]] == ["base", "no-sharing"]
     assert "| no-sharing | 1 |" in (tmp_path / "sweep" / "results.md").read_text()
     assert Image.open(tmp_path / "sweep" / "results.png").size[0] > 100
+
+
+def test_parallel_sweep_trains_variants_in_their_own_processes(tiny_recipe, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = invoke("run", tiny_recipe, "--all-ablations", "--jobs", "2", "--out", sweep,
+                    "--set", "train.iterations=2")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "started base on cpu" in result.output and "started no-sharing on cpu" in result.output
+    for variant in ("base", "no-sharing"):
+        assert list_checkpoints(sweep / variant / "checkpoints")[-1].name == "step_000000002.safetensors"
+        assert "unitkit run" in (sweep / f"{variant}.log").read_text()  # each process's own output
+    rows = (sweep / "results.csv").read_text().splitlines()
+    assert [row.split(",")[:2] for row in rows[1:]] == [["base", "2"], ["no-sharing", "2"]]
+
+
+def test_parallel_slots_follow_the_gpus_or_the_jobs_asked_for():
+    assert job_devices("auto", 0, cuda_count=4) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert job_devices("auto", 0, cuda_count=1) == [] and job_devices("auto", 0, cuda_count=0) == []
+    assert job_devices("cuda:2", 0, cuda_count=4) == []  # a pinned device runs the sweep in this process
+    assert job_devices("cuda:2", 2, cuda_count=4) == ["cuda:2", "cuda:2"]
+    assert job_devices("auto", 6, cuda_count=4) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1"]
+    assert job_devices("cpu", 2, cuda_count=4) == ["cpu", "cpu"] and job_devices("auto", 1, cuda_count=4) == []
 
 
 def test_recipe_error_exits_2_with_one_red_line_and_no_traceback(tmp_path):

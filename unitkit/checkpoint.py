@@ -109,13 +109,20 @@ def checkpoint_path(folder: Path, step: int) -> Path:
     return Path(folder) / f"step_{step:09d}.safetensors"
 
 
+def checkpoint_step(path: Path) -> int:
+    """The iteration a checkpoint file was saved at, from its name."""
+    match = _NAME.match(Path(path).name)
+    if match is None:
+        raise ValueError(f"{path} is not named like a unitkit checkpoint (step_NNNNNNNNN.safetensors)")
+    return int(match.group(1))
+
+
 def list_checkpoints(folder: Path) -> list[Path]:
     """Complete checkpoints in ``folder``, oldest first (temporary files of an interrupted write are ignored)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
-    return [p for _, p in sorted(found)]
+    return sorted((p for p in folder.iterdir() if _NAME.match(p.name)), key=checkpoint_step)
 
 
 def save_checkpoint(

@@ -188,6 +188,13 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 @click.option("--resume", is_flag=True, help="Continue the run in the run directory from its latest checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Variants of a sweep trained at once, each in its own process (on CPU they split the cores) "
+    "[default: one per GPU when there are several, else 1].",
+)
 @friendly_errors
 def run(
     recipe: Path,
@@ -199,6 +206,7 @@ def run(
     resume: bool,
     overwrite: bool,
     quiet: bool,
+    jobs: int,
 ) -> None:
     """Train the UNIT model described by RECIPE.
 
@@ -211,13 +219,21 @@ def run(
       unitkit run recipes/cats.toml --set data.root=/data/cats --set train.batch_size=4
       unitkit run recipes/cats.toml --ablation no-sharing
       unitkit run recipes/cats.toml --ablations no-sharing,no-cycle --set train.iterations=5000
+      unitkit run recipes/maps.toml --all-ablations --jobs 2 --set train.device=cpu
       unitkit run recipes/quickstart.toml --out runs/qs --resume
 
-    A sweep (--all-ablations or --ablations) ends with RUN_DIR/results.md, results.csv and results.png.
+    A sweep (--all-ablations or --ablations) ends with RUN_DIR/results.md, results.csv and results.png. With
+    several GPUs its variants train side by side, one per GPU; --jobs sets how many run at once.
     """
+    import os
+
+    import torch
+
     from unitkit.checkpoint import list_checkpoints
     from unitkit.distributed import is_main_process
+    from unitkit.errors import TrainingError
     from unitkit.recipe import ablation_names
+    from unitkit.sweep import Variant, job_devices, result_row, run_parallel
     from unitkit.train import train
 
     if sum(map(bool, (ablation, all_ablations, chosen))) > 1:
@@ -242,22 +258,38 @@ def run(
     say = console if main_process else Console(quiet=True)
     for run_dir in run_dirs if main_process else []:
         _prepare_run_dir(run_dir, resume, overwrite)
+    # A resumed sweep continues the variants it had started and starts the others.
+    resumes = [resume and (sweep_dir is None or bool(list_checkpoints(d / "checkpoints"))) for d in run_dirs]
+    again = ["unitkit", "run", str(recipe), *(f"--set {shlex.quote(o)}" for o in overrides)]
+    if sweep_dir is not None:
+        again += ["--all-ablations" if all_ablations else f"--ablations {chosen}", "--out", str(sweep_dir)]
+        again += [f"--jobs {jobs}"] if jobs else []
+    else:
+        again += [*(["--ablation", ablation] if ablation else []), "--out", str(run_dirs[0])]
+    resume_command = " ".join([*again, "--resume"])
+    cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    devices = job_devices(recipes[0].train.device, jobs, cuda_count) if sweep_dir and len(variants) > 1 else []
+    if devices and os.environ.get("WORLD_SIZE", "1") != "1":
+        raise RecipeError("--jobs runs a sweep's variants as separate processes; it cannot run under torchrun")
+    if devices:
+        jobs_to_run = [Variant(name, d, r) for name, d, r in zip(variants, run_dirs, resumes, strict=True)]
+        rows, failed, interrupted = run_parallel(recipe, overrides, jobs_to_run, devices, sweep_dir, say)
+        if interrupted:
+            say.print(f"[yellow]interrupted[/]; resume with: {resume_command}", highlight=False)
+            sys.exit(143 if interrupted == "SIGTERM" else 130)
+        _write_sweep_results(rows, sweep_dir, recipes[0].name)
+        if failed:
+            raise TrainingError(f"{len(failed)} variant(s) failed: {', '.join(failed)}; see their logs in {sweep_dir}")
+        return
     rows = []
-    for resolved, run_dir in zip(recipes, run_dirs, strict=True):
+    for resolved, run_dir, resume_this in zip(recipes, run_dirs, resumes, strict=True):
         label = resolved.name + (f" [{resolved.ablation}]" if resolved.ablation else "")
         say.print(f"[bold]unitkit run[/] {escape(label)} → {escape(str(run_dir))}", highlight=False)
-        # A resumed sweep continues the variants it had started and starts the others.
-        resume_this = resume and (sweep_dir is None or bool(list_checkpoints(run_dir / "checkpoints")))
         result = train(resolved, plugins.registries, run_dir, resume=resume_this, console=say, show_progress=not quiet)
         if result.interrupted:
-            again = ["unitkit", "run", str(recipe), *(f"--set {shlex.quote(o)}" for o in overrides)]
-            if sweep_dir is not None:
-                again += ["--all-ablations" if all_ablations else f"--ablations {chosen}", "--out", str(sweep_dir)]
-            else:
-                again += [*(["--ablation", ablation] if ablation else []), "--out", str(run_dir)]
             say.print(
                 f"[yellow]interrupted[/] at iteration {result.step:,}; checkpoint saved to {result.checkpoint}\n"
-                f"resume with: {' '.join(again)} --resume",
+                f"resume with: {resume_command}",
                 highlight=False,
             )
             sys.exit(143 if result.interrupted == "SIGTERM" else 130)
@@ -266,16 +298,17 @@ def run(
             highlight=False,
         )
         if main_process:  # rank 0 alone wrote evaluation.json
-            evaluation = run_dir / "evaluation.json"
-            metrics = json.loads(evaluation.read_text(encoding="utf-8")) if evaluation.exists() else {}
-            rows.append({"variant": resolved.ablation or "base", "iterations": result.step,
-                         "seconds": round(result.seconds), **metrics})  # fmt: skip
+            rows.append(result_row(resolved.ablation or "base", run_dir, result.step, result.seconds))
     if sweep_dir is not None and main_process:
-        from unitkit.report import write_results
+        _write_sweep_results(rows, sweep_dir, recipes[0].name)
 
-        written = write_results(rows, sweep_dir, f"{recipes[0].name}: base and ablations")
-        print_results(rows)
-        say.print(f"results: {', '.join(str(p) for p in written)}", highlight=False)
+
+def _write_sweep_results(rows: list[dict], sweep_dir: Path, name: str) -> None:
+    from unitkit.report import write_results
+
+    written = write_results(rows, sweep_dir, f"{name}: base and ablations")
+    print_results(rows)
+    console.print(f"results: {', '.join(str(p) for p in written)}", highlight=False)
 
 
 def print_results(rows: list[dict]) -> None:

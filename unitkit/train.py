@@ -14,6 +14,7 @@ import json
 import math
 import random
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -81,24 +82,21 @@ def frozen(*modules: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C would be, so a preempted run saves a checkpoint the same way."""
-
-
 @contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM (a cluster's preemption) like Ctrl-C, so both save a checkpoint before exiting."""
+def sigterm_flag() -> Iterator[threading.Event]:
+    """An event that SIGTERM (a cluster's preemption) sets; the loop stops at the next iteration and saves.
 
-    def handler(signum: int, frame: object) -> None:
-        raise Terminated
-
+    The handler only sets a flag: an exception raised from it can land in a weakref callback or ``__del__``,
+    where Python prints and ignores it, and the run would go on.
+    """
+    stop = threading.Event()
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     except ValueError:  # not the main thread: leave signals alone
-        yield
+        yield stop
         return
     try:
-        yield
+        yield stop
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -367,11 +365,11 @@ def train(
         cleanup.callback(distributed.stop)
         for logger in loggers:
             cleanup.callback(logger.close)
-        cleanup.enter_context(sigterm_as_interrupt())
+        terminated = cleanup.enter_context(sigterm_flag())
         if progress:
             cleanup.enter_context(progress)
         try:
-            while step < cfg.iterations:
+            while step < cfg.iterations and not terminated.is_set():
                 with out_of_memory_advice(cfg.batch_size, data.image_size, device):
                     (x_a, labels_a), (x_b, _) = next(stream_a), next(stream_b)
                     terms, terms_d, skipped = unit(x_a, x_b, labels_a)
@@ -397,8 +395,10 @@ def train(
                     samples()
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.iterations:  # the end evaluates anyway
                     evaluate()
-        except KeyboardInterrupt as stop:
-            interrupted = "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
+        except KeyboardInterrupt:
+            interrupted = "SIGINT"
+        if terminated.is_set():
+            interrupted = "SIGTERM"
         path = save()
         samples()
         unreadable = sum(getattr(d, "skipped", 0) for d in (data.train_a, data.train_b))
