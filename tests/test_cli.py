@@ -99,6 +99,7 @@ def test_parallel_slots_follow_the_gpus_or_the_jobs_asked_for():
     assert job_devices("cuda:2", 2, cuda_count=4) == ["cuda:2", "cuda:2"]
     assert job_devices("auto", 6, cuda_count=4) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1"]
     assert job_devices("cpu", 2, cuda_count=4) == ["cpu", "cpu"] and job_devices("auto", 1, cuda_count=4) == []
+    assert job_devices("cuda", 2, cuda_count=0) == ["cuda", "cuda"]  # the run reports the missing GPU
 
 
 def test_recipe_error_exits_2_with_one_red_line_and_no_traceback(tmp_path):

@@ -243,7 +243,7 @@ def run(
     if all_ablations:
         variants = ["", *ablation_names(recipe)]
     elif chosen:
-        variants = ["", *(name.strip() for name in chosen.split(",") if name.strip())]
+        variants = ["", *dict.fromkeys(name.strip() for name in chosen.split(",") if name.strip())]
     else:
         variants = [ablation]
     # Validate every variant before the first one trains, so a typo in the last ablation costs nothing.
@@ -253,6 +253,12 @@ def run(
         run_dirs = [sweep_dir / (name or "base") for name in variants]
     else:
         run_dirs = [_run_dir(out, r.name, r.ablation) for r in recipes]
+    torchrun = os.environ.get("WORLD_SIZE", "1") != "1"
+    if torchrun and jobs > 1:
+        raise RecipeError("--jobs runs a sweep's variants as separate processes; it cannot run under torchrun")
+    cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    parallel = sweep_dir is not None and len(variants) > 1 and not torchrun
+    devices = job_devices(recipes[0].train.device, jobs, cuda_count) if parallel else []
     # Under torchrun, rank 0 alone owns the run directory and the terminal.
     main_process = is_main_process()
     say = console if main_process else Console(quiet=True)
@@ -267,12 +273,10 @@ def run(
     else:
         again += [*(["--ablation", ablation] if ablation else []), "--out", str(run_dirs[0])]
     resume_command = " ".join([*again, "--resume"])
-    cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    devices = job_devices(recipes[0].train.device, jobs, cuda_count) if sweep_dir and len(variants) > 1 else []
-    if devices and os.environ.get("WORLD_SIZE", "1") != "1":
-        raise RecipeError("--jobs runs a sweep's variants as separate processes; it cannot run under torchrun")
     if devices:
-        jobs_to_run = [Variant(name, d, r) for name, d, r in zip(variants, run_dirs, resumes, strict=True)]
+        # A variant an interrupt caught before its first checkpoint starts afresh in its directory.
+        jobs_to_run = [Variant(name, d, r, overwrite=resume and not r)
+                       for name, d, r in zip(variants, run_dirs, resumes, strict=True)]  # fmt: skip
         rows, failed, interrupted = run_parallel(recipe, overrides, jobs_to_run, devices, sweep_dir, say)
         if interrupted:
             say.print(f"[yellow]interrupted[/]; resume with: {resume_command}", highlight=False)

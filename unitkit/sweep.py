@@ -23,22 +23,19 @@ from unitkit.checkpoint import checkpoint_step, list_checkpoints
 
 
 def job_devices(device: str, jobs: int, cuda_count: int) -> list[str]:
-    """The ``train.device`` of each parallel slot; one slot (an empty list) means run in this process.
+    """The ``train.device`` of each parallel slot; no slots (an empty list) means run in this process.
 
     ``jobs`` = 0 picks for the machine: one slot per GPU when ``device`` leaves the GPU open ("auto" or "cuda")
-    and there are several, else one. On CUDA, slot k trains on ``cuda:(k % cuda_count)``; on CPU, every slot
-    trains on "cpu" and the cores are split between them.
+    and there are several, else one. Open-GPU slots go round the GPUs, ``cuda:(k % cuda_count)``; any other
+    device ("cpu", a pinned "cuda:N") is every slot's, and a device the machine lacks is the run's error to
+    report, not a reason to fall back.
     """
-    on_cuda = cuda_count > 0 and (device == "auto" or device.startswith("cuda"))
+    open_gpu = device in ("auto", "cuda") and cuda_count > 0
     if jobs == 0:
-        jobs = cuda_count if on_cuda and device in ("auto", "cuda") else 1
+        jobs = cuda_count if open_gpu else 1
     if jobs <= 1:
         return []
-    if not on_cuda:
-        return ["cpu"] * jobs
-    if device in ("auto", "cuda"):
-        return [f"cuda:{k % cuda_count}" for k in range(jobs)]
-    return [device] * jobs
+    return [f"cuda:{k % cuda_count}" for k in range(jobs)] if open_gpu else [device] * jobs
 
 
 @dataclass
@@ -48,6 +45,8 @@ class Variant:
     ablation: str
     run_dir: Path
     resume: bool = False
+    #: Start afresh over what an earlier, interrupted attempt left without a checkpoint.
+    overwrite: bool = False
     process: subprocess.Popen | None = field(default=None, repr=False)
     started: float = 0.0
     log: Path | None = None
@@ -77,26 +76,24 @@ def run_parallel(
     interrupted = ""
 
     def stop(signum: int, _frame: object) -> None:
+        # The children run in their own sessions (a terminal's Ctrl-C reaches only this process), so each
+        # signal is passed on once: a second Ctrl-C makes them leave at once, as it does a single run.
         nonlocal interrupted
         interrupted = signal.Signals(signum).name
         for variant in running.values():
             variant.process.send_signal(signum)
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         while waiting or running:
             free = [slot for slot in range(len(devices)) if slot not in running]
             while waiting and free and not interrupted:
                 slot, variant = free.pop(0), waiting.pop(0)
-                running[slot] = variant
                 _start(recipe, overrides, variant, devices[slot], threads, sweep_dir)
-                console.print(
-                    f"started {escape(variant.label)} on {devices[slot]} (log: {variant.log})", highlight=False
-                )
-            try:
-                time.sleep(0.5)
-            except KeyboardInterrupt:  # Ctrl-C reached the children too; wait for their checkpoints
-                interrupted = "SIGINT"
+                running[slot] = variant
+                where = f"{devices[slot]} (log: {variant.log})"
+                console.print(f"started {escape(variant.label)} on {escape(where)}", highlight=False)
+            time.sleep(0.5)
             for slot, variant in list(running.items()):
                 code = variant.process.poll()
                 if code is None:
@@ -108,7 +105,7 @@ def run_parallel(
                     steps = checkpoint_step(last[-1]) if last else 0
                     rows.append(result_row(variant.label, variant.run_dir, steps, seconds))
                     console.print(f"[green]done[/] {escape(variant.label)} in {seconds:.0f} s", highlight=False)
-                elif code in (130, 143) or interrupted:
+                elif code in (130, 143) and interrupted:
                     console.print(f"[yellow]interrupted[/] {escape(variant.label)}", highlight=False)
                 else:
                     failed.append(variant.label)
@@ -116,26 +113,33 @@ def run_parallel(
                     console.print(f"[red]failed[/] {escape(variant.label)} (exit {code}):", highlight=False)
                     for line in tail:
                         console.print(f"  {escape(line)}", highlight=False)
-            if interrupted:
-                waiting.clear()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     order = {v.label: i for i, v in enumerate(variants)}
     return sorted(rows, key=lambda row: order[row["variant"]]), failed, interrupted
 
 
 def _start(recipe: Path, overrides: tuple[str, ...], variant: Variant, device: str, threads: int, sweep_dir: Path):
+    env = dict(os.environ)
+    if device.startswith("cuda:"):
+        # The child sees its GPU alone, so nothing it does touches GPU 0 (CUDA's default device).
+        visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        index = int(device.split(":")[1])
+        env["CUDA_VISIBLE_DEVICES"] = visible[index] if index < len(visible) else str(index)
+        device = "cuda"
+    elif device != "cuda":  # on CPU the slots share the cores instead of each starting a thread per core
+        env["OMP_NUM_THREADS"] = str(threads)
     command = [sys.executable, "-m", "unitkit", "run", str(recipe), "--out", str(variant.run_dir), "--quiet"]
     command += [arg for override in overrides for arg in ("--set", override)]
     command += ["--set", f"train.device={device}"]
     command += ["--ablation", variant.ablation] if variant.ablation else []
-    command += ["--resume"] if variant.resume else []
-    env = dict(os.environ)
-    if device == "cpu":  # the slots share the cores instead of each starting a thread per core
-        env["OMP_NUM_THREADS"] = str(threads)
+    command += ["--resume"] if variant.resume else ["--overwrite"] if variant.overwrite else []
     variant.log = sweep_dir / f"{variant.label}.log"
-    with variant.log.open("a", encoding="utf-8") as log:  # a resumed variant adds to its log
-        variant.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with variant.log.open("a" if variant.resume else "w", encoding="utf-8") as log:  # a resumed variant adds
+        variant.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     variant.started = time.perf_counter()
 
 

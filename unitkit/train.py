@@ -226,8 +226,11 @@ def build_step(
         )
     model = model.to(device=device, memory_format=memory_format)
     if cfg.compile:
-        for network in (model.enc_a, model.enc_b, model.gen_a, model.gen_b, model.dis_a, model.dis_b):
-            network.compile()  # in place: parameter names, and so checkpoints, stay the same
+        # In place, so parameter names (and checkpoints) stay the same. Encoders and generators compile block
+        # by block, since the model runs their blocks itself (shared blocks once for both domains).
+        blocks = {id(b): b for net in (model.enc_a, model.enc_b, model.gen_a, model.gen_b) for b in net.blocks}
+        for network in (*blocks.values(), model.dis_a, model.dis_b):
+            network.compile()
     gan = registries.gan_losses.get(recipe.gan_loss.kind).factory(**recipe.gan_loss.settings)
     reconstruction = registries.reconstruction_losses.get(recipe.reconstruction_loss.kind).factory(
         **recipe.reconstruction_loss.settings
@@ -397,8 +400,6 @@ def train(
                     evaluate()
         except KeyboardInterrupt:
             interrupted = "SIGINT"
-        if terminated.is_set():
-            interrupted = "SIGTERM"
         path = save()
         samples()
         unreadable = sum(getattr(d, "skipped", 0) for d in (data.train_a, data.train_b))
@@ -406,6 +407,8 @@ def train(
             console.print(f"[yellow]skipped {unreadable} unreadable image file(s)[/] (data.bad_files = 'skip')")
             for logger in loggers:
                 logger.log_scalars(step, {"data/skipped_files": unreadable})
+        if terminated.is_set() and not interrupted:  # in the loop or the final save; a resumed run evaluates
+            interrupted = "SIGTERM"
         if not interrupted and shard.is_main:
             results = evaluate()
             try:
