@@ -218,6 +218,7 @@ def test_domain_adaptation_run_reports_last_and_best_accuracy(shared_data, tmp_p
     best_step, best = max(logged, key=lambda pair: pair[1])
     assert evaluation["best_accuracy_b"] == best and evaluation["best_accuracy_b_step"] in (2, 4)
     assert any("D/classify" in r for r in records) and any("D/feature" in r for r in records)
+    assert 0 <= evaluation["accuracy_b2a"] <= 1 and evaluation["best_accuracy_b2a_step"] in (2, 4)
 
     evaluated = invoke("evaluate", run_dir, "--device", "cpu")
     assert evaluated.exit_code == 0, evaluated.output

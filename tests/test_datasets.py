@@ -227,6 +227,18 @@ def test_mnist_usps_on_real_data() -> None:
     assert image.shape == (3, 32, 32) and torch.equal(image[0], image[2])
 
 
+@needs_data("mnist")
+@needs_data("usps")
+def test_usps_padding_gives_usps_digits_a_margin_and_leaves_mnist_alone() -> None:
+    plain, padded = mnist_usps(str(DATA)), mnist_usps(str(DATA), usps_padding=3)
+    ink = [padded.test_b[i][0][0] > -1 for i in range(64)]
+    # 3 of 22 stored pixels of background on each side: the outer 4 of 32 rows and columns stay empty.
+    assert not any(m[:4].any() or m[-4:].any() or m[:, :4].any() or m[:, -4:].any() for m in ink)
+    assert any((plain.test_b[i][0][0, :4] > -1).any() for i in range(64))  # unpadded USPS digits reach the edge
+    assert torch.equal(plain.test_a[0][0], padded.test_a[0][0])
+    assert torch.equal(mnist_usps(str(DATA), source="usps", usps_padding=3).test_a[0][0], padded.test_b[0][0])
+
+
 def test_digits_missing_root_names_the_expected_files(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as error:
         mnist_usps(str(tmp_path))

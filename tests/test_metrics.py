@@ -122,3 +122,32 @@ def test_the_pixel_accuracy_floor_paints_the_median_training_colour():
     colour = median_colour(TensorDataset(images, torch.zeros(5)))
     torch.testing.assert_close(colour.flatten(), torch.tensor([0.5, -1.0, -1.0]))
     assert pixel_accuracy(colour.expand_as(images), images) == pytest.approx(3 / 5)
+
+
+def test_translation_accuracy_reads_b_translated_to_a_with_a_s_classifier(tmp_path, registries):
+    from conftest import TINY_DIGITS
+    from torch.utils.data import Subset
+
+    from unitkit.data import build_data
+    from unitkit.evaluate import classification_accuracy
+    from unitkit.model import build_model
+    from unitkit.recipe import load_recipe
+
+    path = tmp_path / "shapes.toml"
+    path.write_text(
+        '[data]\nkind = "synthetic"\nimage_size = 32\ntrain_size = 16\ntest_size = 12\n' + TINY_DIGITS, encoding="utf-8"
+    )
+    recipe = load_recipe(path, registries)
+    data = build_data(recipe, registries)
+    data.test_a, data.test_b = Subset(data.test_a, range(12)), Subset(data.test_b, range(10))
+    torch.manual_seed(0)
+    model = build_model(recipe, registries, data.channels, num_classes=data.num_classes).eval()
+    items = [data.test_b[i] for i in range(10)]
+    x_b, labels_b = torch.stack([x for x, _ in items]), torch.tensor([label for _, label in items])
+    with torch.no_grad():
+        read = model.dis_a.classify(model.dis_a.features(model.translate(x_b, "b"))).argmax(1)
+        own = model.dis_b.classify(model.dis_b.features(x_b)).argmax(1)
+    results = classification_accuracy(model, data, torch.device("cpu"), batch_size=4)
+    assert results["accuracy_b2a"] == pytest.approx((read == labels_b).float().mean().item())
+    assert results["accuracy_b"] == pytest.approx((own == labels_b).float().mean().item())
+    assert set(results) == {"accuracy_a", "accuracy_b", "accuracy_b2a"}

@@ -74,18 +74,25 @@ def classification_accuracy(
     """Accuracy of each domain's classifier (its own stem, the shared trunk and the head) on its test set.
 
     The head is trained on labelled domain-A images only, so ``accuracy_b`` is the domain-adaptation result
-    (the paper's Table 1) and ``accuracy_a`` the source-domain accuracy.
+    (the paper's Table 1) and ``accuracy_a`` the source-domain accuracy. ``accuracy_b2a`` reads domain B's
+    test images translated to A with A's classifier: whether translation keeps the class, which the
+    feature-consistency term relies on (far below chance means translations swap classes consistently).
     """
-    results = {}
+    correct = dict.fromkeys(("a", "b", "b2a"), 0)
     with evaluation_mode(model):
-        for domain, dataset in (("a", data.test_a), ("b", data.test_b)):
+
+        def predict(domain: str, x: Tensor) -> Tensor:
             dis = model.discriminator(domain)
-            correct = 0
-            for x, labels in DataLoader(dataset, batch_size=batch_size):
-                predicted = dis.classify(dis.features(x.to(device))).argmax(1).cpu()
-                correct += (predicted == labels).sum().item()
-            results[f"accuracy_{domain}"] = correct / len(dataset)
-    return results
+            return dis.classify(dis.features(x)).argmax(1).cpu()
+
+        for x, labels in DataLoader(data.test_a, batch_size=batch_size):
+            correct["a"] += (predict("a", x.to(device)) == labels).sum().item()
+        for x, labels in DataLoader(data.test_b, batch_size=batch_size):
+            x = x.to(device)
+            correct["b"] += (predict("b", x) == labels).sum().item()
+            correct["b2a"] += (predict("a", model.translate(x, "b")) == labels).sum().item()
+    sizes = {"a": len(data.test_a), "b": len(data.test_b), "b2a": len(data.test_b)}
+    return {f"accuracy_{name}": hits / sizes[name] for name, hits in correct.items()}
 
 
 def evaluate_run(model: UNIT, data: DomainData, device: torch.device) -> dict[str, float]:
@@ -151,7 +158,7 @@ def fid_kid(
 
 #: Metrics logged during training whose best value is the highest (FID and KID are lower-is-better, so they
 #: get no "best").
-HIGHER_IS_BETTER = {"accuracy_a", "accuracy_b", "pixel_accuracy_a2b", "pixel_accuracy_b2a"}
+HIGHER_IS_BETTER = {"accuracy_a", "accuracy_b", "accuracy_b2a", "pixel_accuracy_a2b", "pixel_accuracy_b2a"}
 
 
 def best_logged(log_path: Path, prefix: str = "eval/") -> dict[str, float]:

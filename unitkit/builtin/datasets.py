@@ -268,9 +268,17 @@ _DIGITS: dict[str, tuple[type[Dataset], list[str]]] = {
 
 
 def digit_domain(
-    name: Literal["mnist", "usps", "svhn"], root: str | Path, train: bool, image_size: int, channels: int
+    name: Literal["mnist", "usps", "svhn"],
+    root: str | Path,
+    train: bool,
+    image_size: int,
+    channels: int,
+    padding: int = 0,
 ) -> ArrayImages:
-    """One split of a torchvision digit set found under ``root/<name>`` (never downloaded), labels 0-9."""
+    """One split of a torchvision digit set found under ``root/<name>`` (never downloaded), labels 0-9.
+
+    ``padding`` adds that many background (zero) pixels on each side at the stored size, before any resize.
+    """
     loader, files = _DIGITS[name]
     folder = Path(root).expanduser() / name
     expected = [folder / f for f in files]
@@ -291,15 +299,19 @@ def digit_domain(
         data, labels = ds.data, ds.targets
     images = torch.as_tensor(np.asarray(data))
     images = images[:, None] if images.ndim == 3 else images  # grayscale sets come as (N, h, w)
+    if padding:
+        images = F.pad(images, (padding,) * 4)
     return ArrayImages(images, torch.as_tensor(np.asarray(labels)), image_size, channels)
 
 
-def _digit_pair(root: str, a: str, b: str, image_size: int, channels: tuple[int, int]) -> DomainData:
+def _digit_pair(
+    root: str, a: str, b: str, image_size: int, channels: tuple[int, int], padding: tuple[int, int] = (0, 0)
+) -> DomainData:
     return DomainData(
-        train_a=digit_domain(a, root, True, image_size, channels[0]),
-        train_b=digit_domain(b, root, True, image_size, channels[1]),
-        test_a=digit_domain(a, root, False, image_size, channels[0]),
-        test_b=digit_domain(b, root, False, image_size, channels[1]),
+        train_a=digit_domain(a, root, True, image_size, channels[0], padding[0]),
+        train_b=digit_domain(b, root, True, image_size, channels[1], padding[1]),
+        test_a=digit_domain(a, root, False, image_size, channels[0], padding[0]),
+        test_b=digit_domain(b, root, False, image_size, channels[1], padding[1]),
         channels=channels,
         image_size=image_size,
         num_classes=10,
@@ -307,14 +319,21 @@ def _digit_pair(root: str, a: str, b: str, image_size: int, channels: tuple[int,
 
 
 def mnist_usps(
-    root: str, source: Literal["mnist", "usps"] = "mnist", image_size: PositiveInt = 32, channels: Literal[1, 3] = 1
+    root: str,
+    source: Literal["mnist", "usps"] = "mnist",
+    image_size: PositiveInt = 32,
+    channels: Literal[1, 3] = 1,
+    usps_padding: Annotated[int, Field(ge=0)] = 0,
 ) -> DomainData:
     """MNIST <-> USPS digits (A = source, B = the other) from root/mnist and root/usps; labels are the digits.
 
     Both are resized bilinearly to image_size (MNIST 28 -> 32, USPS 16 -> 32 by default). Never downloads.
+    USPS digits fill their 16x16 frame, MNIST digits sit in a 20-pixel box of a 28-pixel frame; ``usps_padding``
+    adds background around each USPS digit first (3 gives MNIST's proportions: 16 of 22 pixels).
     """
     target = "usps" if source == "mnist" else "mnist"
-    return _digit_pair(root, source, target, image_size, (channels, channels))
+    padding = (0, usps_padding) if source == "mnist" else (usps_padding, 0)
+    return _digit_pair(root, source, target, image_size, (channels, channels), padding)
 
 
 def svhn_mnist(root: str, image_size: PositiveInt = 32) -> DomainData:
