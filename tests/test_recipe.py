@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import tomllib
 
-from unitkit.recipe import RecipeError, load_recipe, parse_override
+from unitkit.recipe import RecipeError, load_recipe, parse_override, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,6 +93,9 @@ def test_overrides_and_ablations(tiny_recipe, registries):
     ablated = load_recipe(tiny_recipe, registries, ablation="no-sharing")
     assert ablated.sharing.kind == "none" and ablated.sharing.settings == {}
     assert ablated.resolved["ablation"] == "no-sharing"
+    # What a run stores reads back (evaluate and translate rebuild the model from it).
+    stored = validate(tomllib.loads(ablated.to_toml()), registries, "stored")
+    assert stored.ablation == "no-sharing" and stored.resolved == ablated.resolved
 
 
 def test_bad_override_and_unknown_ablation(tiny_recipe, registries):

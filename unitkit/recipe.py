@@ -396,8 +396,15 @@ def _component_dict(component: Component) -> dict[str, Any]:
 
 
 def validate(raw: dict[str, Any], registries: Registries, origin: str = "<recipe>", ablation: str = "") -> Recipe:
-    """Validate a parsed recipe dictionary (overrides already applied) against the schema and registries."""
+    """Validate a parsed recipe dictionary (overrides already applied) against the schema and registries.
+
+    A resolved recipe (what a run stores) names its ablation in a top-level ``ablation`` key, read back here.
+    """
     raw = _expand(raw)
+    if isinstance(raw.get("ablation"), str):
+        raw = dict(raw)
+        stored = raw.pop("ablation")
+        ablation = ablation or stored
     try:
         schema = RecipeSchema.model_validate(raw)
     except pydantic.ValidationError as exc:
