@@ -14,7 +14,6 @@ import json
 import math
 import random
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -83,22 +82,30 @@ def frozen(*modules: torch.nn.Module) -> Iterator[None]:
 
 
 @contextmanager
-def sigterm_flag() -> Iterator[threading.Event]:
-    """An event that SIGTERM (a cluster's preemption) sets; the loop stops at the next iteration and saves.
+def stop_requests() -> Iterator[list[str]]:
+    """Ctrl-C (SIGINT) and a cluster's preemption (SIGTERM) ask the loop to stop after this iteration and save.
 
-    The handler only sets a flag: an exception raised from it can land in a weakref callback or ``__del__``,
-    where Python prints and ignores it, and the run would go on.
+    Yields the names of the signals received, in order. The handlers only record them: an exception raised from
+    a handler can land in a weakref callback or ``__del__``, where Python prints and ignores it, and the run
+    would go on. A second Ctrl-C raises KeyboardInterrupt, to leave at once.
     """
-    stop = threading.Event()
+    received: list[str] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        received.append(signal.Signals(signum).name)
+
     try:
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+        previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread: leave signals alone
-        yield stop
+        yield received
         return
     try:
-        yield stop
+        yield received
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def _progress(console: Console) -> Progress:
@@ -368,11 +375,11 @@ def train(
         cleanup.callback(distributed.stop)
         for logger in loggers:
             cleanup.callback(logger.close)
-        terminated = cleanup.enter_context(sigterm_flag())
+        stop = cleanup.enter_context(stop_requests())
         if progress:
             cleanup.enter_context(progress)
         try:
-            while step < cfg.iterations and not terminated.is_set():
+            while step < cfg.iterations and not stop:
                 with out_of_memory_advice(cfg.batch_size, data.image_size, device):
                     (x_a, labels_a), (x_b, _) = next(stream_a), next(stream_b)
                     terms, terms_d, skipped = unit(x_a, x_b, labels_a)
@@ -407,8 +414,8 @@ def train(
             console.print(f"[yellow]skipped {unreadable} unreadable image file(s)[/] (data.bad_files = 'skip')")
             for logger in loggers:
                 logger.log_scalars(step, {"data/skipped_files": unreadable})
-        if terminated.is_set() and not interrupted:  # in the loop or the final save; a resumed run evaluates
-            interrupted = "SIGTERM"
+        if stop and not interrupted:  # in the loop or the final save; a resumed run evaluates
+            interrupted = stop[0]
         if not interrupted and shard.is_main:
             results = evaluate()
             try:
