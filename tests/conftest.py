@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -67,6 +71,24 @@ def tiny_recipe(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.toml"
     path.write_text(TINY_RECIPE, encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def torchrun_tiny(tiny_recipe: Path) -> Callable[..., subprocess.Popen]:
+    """Starts ``unitkit run`` of the tiny recipe in two CPU processes (gloo) under torchrun; returns its Popen."""
+
+    def start(out: Path, *overrides: str) -> subprocess.Popen:
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            port = free.getsockname()[1]
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                   "127.0.0.1", "--master_port", str(port), "-m", "unitkit", "run", str(tiny_recipe), "--out",
+                   str(out), "--quiet", *(f"--set={o}" for o in overrides)]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+        env["OMP_NUM_THREADS"] = "1"
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    return start
 
 
 #: The digits networks at toy width with the domain-adaptation terms on; prepend a [data] table, append [train].

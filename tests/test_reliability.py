@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import re
 import signal
 import subprocess
@@ -94,6 +95,36 @@ def test_signal_saves_a_checkpoint_and_says_how_to_resume(tiny_recipe, tmp_path,
     assert "Traceback" not in stderr
     assert "--resume" in stdout and "checkpoint saved" in stdout
     assert ckpt.read_checkpoint(ckpt.list_checkpoints(run_dir / "checkpoints")[-1]).step >= 1
+
+
+def _worker(parent: int, rank: int) -> int:
+    """The pid of torchrun's worker process with this rank (read from /proc, as Linux shows it)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):  # not a process, or it ended meanwhile
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and f"RANK={rank}".encode() in environ:
+            return int(proc.name)
+    raise AssertionError(f"no worker of rank {rank} under process {parent}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds torchrun's workers through /proc")
+def test_a_signal_to_one_of_two_processes_stops_both_and_saves(torchrun_tiny, tmp_path):
+    """A preemption reaches torchrun's processes one by one; rank 1 alone leaving would strand rank 0."""
+    run_dir = tmp_path / "run"
+    process = torchrun_tiny(run_dir, "train.iterations=100000", "train.checkpoint_every=100000",
+                            "train.log_every=1", "train.sample_every=100000", "train.batch_size=4")  # fmt: skip
+    try:
+        _wait_for(lambda: (run_dir / "log.jsonl").exists() and (run_dir / "log.jsonl").stat().st_size > 0)
+        os.kill(_worker(process.pid, rank=1), signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert "checkpoint saved" in stdout and "--resume" in stdout, stderr[-3000:]
+    assert ckpt.read_checkpoint(ckpt.list_checkpoints(run_dir / "checkpoints")[-1]).step >= 1
+    assert not (run_dir / "evaluation.json").exists()  # rank 0 knows the run was interrupted
 
 
 EXPLODING_LOSS = textwrap.dedent('''

@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -53,26 +50,19 @@ def test_compile_matches_eager(tiny_recipe, tmp_path):
     compare(eager, losses(tiny_recipe, tmp_path / "compiled", "train.compile=true"), 1e-3)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_torchrun_two_processes_match_one_process(tiny_recipe, tmp_path):
+def test_torchrun_two_processes_match_one_process(tiny_recipe, torchrun_tiny, tmp_path):
     common = ["train.iterations=3", "train.batch_size=4", "train.checkpoint_every=3", "train.deterministic=true"]
     registries = load_plugins(autoload=False).registries
     train(load_recipe(tiny_recipe, registries, common), registries, tmp_path / "one", show_progress=False)
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(_free_port()), "-m", "unitkit", "run", str(tiny_recipe), "--out",
-               str(tmp_path / "two"), "--quiet", *(f"--set={o}" for o in common)]  # fmt: skip
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=300, env={**_env(), "OMP_NUM_THREADS": "1"}
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    process = torchrun_tiny(tmp_path / "two", *common)
+    try:
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr[-3000:]
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "two" / "checkpoints")] == ["step_000000003.safetensors"]
-    assert result.stdout.count("done 3 iterations") == 1  # rank 0 alone reports
+    assert stdout.count("done 3 iterations") == 1  # rank 0 alone reports
 
     one = ckpt.read_checkpoint(ckpt.checkpoint_path(tmp_path / "one" / "checkpoints", 3)).model_state
     two = ckpt.read_checkpoint(ckpt.checkpoint_path(tmp_path / "two" / "checkpoints", 3)).model_state
@@ -83,9 +73,3 @@ def test_torchrun_two_processes_match_one_process(tiny_recipe, tmp_path):
     # Resume the two-process run in one process: the world size may change between runs.
     resumed = load_recipe(tiny_recipe, registries, [*common, "train.iterations=4"])
     assert train(resumed, registries, tmp_path / "two", resume=True, show_progress=False).step == 4
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}

@@ -9,6 +9,7 @@ slice of every global batch and of every noise draw, so N processes train the sa
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +63,27 @@ def start(device: torch.device) -> tuple[Shard, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Shard(rank, world, local_rank), device
+
+
+class StopVote:
+    """Every process leaves the training loop at the same iteration when any of them was asked to stop.
+
+    A signal reaches the processes of a run at different moments (torchrun forwards it one by one, a scheduler may
+    preempt one node first). A process that left the loop alone would leave the others waiting in their next
+    gradient all-reduce until a timeout, and no checkpoint would be written. So each iteration the processes
+    all-reduce their requests. The vote runs on the CPU (gloo), so a GPU run does not wait for its device.
+    """
+
+    def __init__(self, shard: Shard) -> None:
+        self._group = dist.new_group(backend="gloo") if shard.world > 1 else None
+
+    def __call__(self, received: list[str]) -> str:
+        """The signal that stops the run ("SIGINT", "SIGTERM"), received here or by any other process; or ""."""
+        if self._group is None:
+            return received[0] if received else ""
+        vote = torch.tensor([signal.Signals[received[0]].value if received else 0])
+        dist.all_reduce(vote, op=dist.ReduceOp.MAX, group=self._group)
+        return signal.Signals(int(vote)).name if vote else ""
 
 
 def stop() -> None:

@@ -369,17 +369,18 @@ def train(
     start_step, started = step, time.perf_counter()
     progress = _progress(console) if show_progress and shard.is_main else None
     task = progress.add_task(recipe.name, total=cfg.iterations, completed=step, speed="", losses="") if progress else 0
-    interrupted, skipped_updates = "", 0
+    interrupted, stopped_by, skipped_updates = "", "", 0
     model.train()
     with ExitStack() as cleanup:
         cleanup.callback(distributed.stop)
         for logger in loggers:
             cleanup.callback(logger.close)
         stop = cleanup.enter_context(stop_requests())
+        anyone_stops = distributed.StopVote(shard)
         if progress:
             cleanup.enter_context(progress)
         try:
-            while step < cfg.iterations and not stop:
+            while step < cfg.iterations and not (stopped_by := anyone_stops(stop)):
                 with out_of_memory_advice(cfg.batch_size, data.image_size, device):
                     (x_a, labels_a), (x_b, _) = next(stream_a), next(stream_b)
                     terms, terms_d, skipped = unit(x_a, x_b, labels_a)
@@ -414,8 +415,8 @@ def train(
             console.print(f"[yellow]skipped {unreadable} unreadable image file(s)[/] (data.bad_files = 'skip')")
             for logger in loggers:
                 logger.log_scalars(step, {"data/skipped_files": unreadable})
-        if stop and not interrupted:  # in the loop or the final save; a resumed run evaluates
-            interrupted = stop[0]
+        if not interrupted:  # a signal to any process in the loop, or to this one in the final save
+            interrupted = stopped_by or (stop[0] if stop else "")  # a resumed run evaluates
         if not interrupted and shard.is_main:
             results = evaluate()
             try:
