@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -48,6 +50,14 @@ def test_hinge_matches_hand_computation():
 def test_kl_is_half_squared_mean_up_to_scale():
     mean = torch.tensor([[1.0, -2.0], [0.0, 3.0]])
     assert kl_divergence(mean).item() == pytest.approx((1 + 4 + 0 + 9) / 4)
+
+
+def test_kl_with_a_learned_deviation_matches_the_digits_code_and_reduces_to_unit_variance():
+    mean, std = torch.tensor([[1.0, -2.0], [0.0, 3.0]]), torch.tensor([[1.0, 0.5], [2.0, 1.0]])
+    # the digits code: sum of mean² + std² − log std², per unit here, and −1 so that std = 1 adds nothing
+    expected = sum(m**2 + s**2 - math.log(s**2) - 1 for m, s in zip(mean.flatten(), std.flatten(), strict=True)) / 4
+    assert kl_divergence(mean, std).item() == pytest.approx(float(expected))
+    assert kl_divergence(mean, torch.ones_like(mean)).item() == pytest.approx(kl_divergence(mean).item())
 
 
 @pytest.fixture
@@ -183,6 +193,25 @@ def test_domain_adaptation_terms_match_their_formulas(digits):
     )
     torch.testing.assert_close(terms["feature"], expected_feature)
     torch.testing.assert_close(terms["total"], terms["gan"] + terms["classify"] + terms["feature"])
+
+
+def test_a_learned_deviation_scales_the_noise_enters_the_kl_and_gets_gradients(digits):
+    model, weights, t = digits("model.encoder.learned_scale=true", "objective.kl=0.5")
+    assert t.std_a is not None and bool((t.std_a > 0).all()) and t.std_a.shape == t.h_a.shape
+    terms = generator_losses(model, t, VanillaGAN(), F.mse_loss, weights)
+    torch.testing.assert_close(terms["kl"], 0.5 * (kl_divergence(t.h_a, t.std_a) + kl_divergence(t.h_b, t.std_b)))
+    terms["total"].backward()
+    head = model.enc_a.blocks[-1].weight.grad  # the mean's output channels, then the scale's
+    assert head.shape[0] == 2 * model.enc_a.latent_channels and bool(head[model.enc_a.latent_channels :].abs().sum())
+
+    # The noise is std · ε: with a deviation near zero two draws decode to the same images.
+    with torch.no_grad():
+        model.enc_a.blocks[-1].bias[model.enc_a.latent_channels :] = -30.0
+        model.enc_b.blocks[-1].bias[model.enc_b.latent_channels :] = -30.0
+    x_a, x_b = t.x_a, t.x_b
+    first, second = translate_both(model, x_a, x_b, weights), translate_both(model, x_a, x_b, weights)
+    torch.testing.assert_close(first.recon_a, second.recon_a)
+    torch.testing.assert_close(first.ab, second.ab)
 
 
 def test_feature_term_compares_dropout_free_features_and_leaves_dropout_on(digits):

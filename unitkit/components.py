@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 
@@ -33,7 +34,8 @@ class Backbone(nn.Module):
 
 
 class EncoderBackbone(Backbone):
-    """Maps an image (N, in_channels, H, W) to the mean of q(z|x), a latent tensor (N, latent_channels, h, w).
+    """Maps an image (N, in_channels, H, W) to the mean of q(z|x), a latent tensor (N, latent_channels, h, w)
+    (followed by a scale when ``learns_scale``; :meth:`posterior` reads both).
 
     Subclasses set ``latent_channels`` (what the generator is built for) and ``size_multiple`` (image sides
     must be divisible by it, e.g. ``2 ** downsamplings``; ``translate`` pads inputs to it). An encoder that takes
@@ -44,6 +46,20 @@ class EncoderBackbone(Backbone):
     size_multiple: int = 1
     #: Non-zero when the encoder takes only images of exactly this side (``translate`` resizes to it).
     fixed_size: int = 0
+    #: True when the encoder also learns the standard deviation of q(z|x), as the digits code does. Its output
+    #: then has 2 * latent_channels channels: the mean, then a raw scale that softplus makes the deviation.
+    learns_scale: bool = False
+
+    def posterior(self, h: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The mean and standard deviation of q(z|x) in this encoder's output ``h``; None stands for unit variance."""
+        if not self.learns_scale:
+            return h, None
+        mean, scale = h.chunk(2, dim=1)
+        return mean, F.softplus(scale)
+
+    def mean(self, x: Tensor) -> Tensor:
+        """The mean of q(z|x) for images ``x``: the code that translation at test time decodes."""
+        return self.posterior(self(x))[0]
 
 
 class GeneratorBackbone(Backbone):

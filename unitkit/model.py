@@ -64,7 +64,7 @@ class UNIT(nn.Module):
 
     def translate(self, x: Tensor, source: str) -> Tensor:
         """Images of domain ``source`` translated to the other domain through the latent mean (no noise)."""
-        return self.generator("b" if source == "a" else "a")(self.encoder(source)(x))
+        return self.generator("b" if source == "a" else "a")(self.encoder(source).mean(x))
 
     def generator_parameters(self) -> list[nn.Parameter]:
         """Encoder and generator parameters, each shared tensor once (what the generator optimiser updates)."""
@@ -79,7 +79,7 @@ class UNIT(nn.Module):
         return max(self.enc_a.size_multiple, self.enc_b.size_multiple)
 
     def encode_pair(self, x_a: Tensor, x_b: Tensor) -> tuple[Tensor, Tensor]:
-        """Latent means of both domains' images.
+        """Both encoders' outputs for their domain's images (``EncoderBackbone.posterior`` reads them).
 
         The blocks both encoders share run once on the two batches together (as the authors' code does),
         which halves their kernel launches; results equal two separate passes for per-sample norms.
@@ -231,8 +231,9 @@ def check_shapes(model: UNIT, channels: tuple[int, int], image_size: int) -> Non
         model.eval()
         try:
             h_a, h_b = model.encode_pair(*x)
-            for domain, h, c in (("a", h_b, channels[0]), ("b", h_a, channels[1])):
-                out = model.generator(domain)(h)
+            for domain, code, c in (("a", model.enc_b.posterior(h_b)[0], channels[0]),
+                                    ("b", model.enc_a.posterior(h_a)[0], channels[1])):  # fmt: skip
+                out = model.generator(domain)(code)
                 if tuple(out.shape[1:]) != (c, image_size, image_size):
                     raise RecipeError(
                         f"[model.generator] produces images of shape {tuple(out.shape[1:])} from a latent of a "

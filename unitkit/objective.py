@@ -22,21 +22,30 @@ from unitkit.recipe import ObjectiveSettings
 ReconstructionLoss = Callable[[Tensor, Tensor], Tensor]
 
 
-def kl_divergence(mean: Tensor) -> Tensor:
-    """KL(N(mean, I) ‖ N(0, I)) up to constants and scale: mean(mean²), as the reference code computes it."""
-    return mean.pow(2).mean()
+def kl_divergence(mean: Tensor, std: Tensor | None = None) -> Tensor:
+    """KL(q(z|x) ‖ N(0, I)) up to constants and scale: the mean over latent units of mean² + std² − log std² − 1.
+
+    With unit variance (``std`` None) that is mean(mean²), as the reference code computes it; the digits code's
+    learned deviation adds its own part, which pulls the deviation towards one.
+    """
+    if std is None:
+        return mean.pow(2).mean()
+    std = std.float()
+    return (mean.pow(2) + std.pow(2) - 2 * std.log() - 1).mean()
 
 
-def with_noise(mean: Tensor, shard: Shard = SINGLE_PROCESS) -> Tensor:
-    """A sample z = mean + ε, ε ~ N(0, I): the reparameterised draw from q(z|x) with unit variance.
+def with_noise(mean: Tensor, std: Tensor | None = None, shard: Shard = SINGLE_PROCESS) -> Tensor:
+    """A sample z = mean + std · ε, ε ~ N(0, I): the reparameterised draw from q(z|x) (std None: unit variance).
 
     Under data parallelism every process draws the noise of the whole global batch (their RNGs agree) and keeps
     its own slice, so the result does not depend on the number of processes.
     """
     if shard.world == 1:
-        return mean + torch.randn_like(mean)
-    noise = torch.randn((len(mean) * shard.world, *mean.shape[1:]), dtype=mean.dtype, device=mean.device)
-    return mean + noise[shard.slice(len(noise))]
+        noise = torch.randn_like(mean)
+    else:
+        noise = torch.randn((len(mean) * shard.world, *mean.shape[1:]), dtype=mean.dtype, device=mean.device)
+        noise = noise[shard.slice(len(noise))]
+    return mean + noise if std is None else mean + std * noise
 
 
 def decode(generator: torch.nn.Module, *latents: Tensor) -> list[Tensor]:
@@ -61,27 +70,38 @@ class Translations:
     h_ba: Tensor | None = None
     aba: Tensor | None = None  # G_a(E_b(ab)): the cycle reconstruction of x_a
     bab: Tensor | None = None
+    # standard deviations of the four posteriors above, for encoders that learn them (None: unit variance)
+    std_a: Tensor | None = None
+    std_b: Tensor | None = None
+    std_ab: Tensor | None = None
+    std_ba: Tensor | None = None
 
 
 def translate_both(
     model: UNIT, x_a: Tensor, x_b: Tensor, weights: ObjectiveSettings, shard: Shard = SINGLE_PROCESS
 ) -> Translations:
     """Encode both domains, reconstruct, translate and (when a cycle weight is set) translate back."""
-    h_a, h_b = model.encode_pair(x_a, x_b)
-    z_a, z_b = with_noise(h_a, shard), with_noise(h_b, shard)
+    (h_a, std_a), (h_b, std_b) = posteriors(model, x_a, x_b)
+    z_a, z_b = with_noise(h_a, std_a, shard), with_noise(h_b, std_b, shard)
     if weights.recon or weights.feature or weights.fake_reconstructions:
         to_a, to_b = model.decode_both(torch.cat([z_a, z_b]))
         (recon_a, ba), (ab, recon_b) = to_a.split([len(z_a), len(z_b)]), to_b.split([len(z_a), len(z_b)])
     else:
         (ba,), (ab,) = decode(model.gen_a, z_b), decode(model.gen_b, z_a)
         recon_a = recon_b = None
-    out = Translations(x_a, x_b, h_a, h_b, ab, ba, recon_a, recon_b)
+    out = Translations(x_a, x_b, h_a, h_b, ab, ba, recon_a, recon_b, std_a=std_a, std_b=std_b)
     if weights.cycle or weights.kl_cycle:
-        out.h_ba, out.h_ab = model.encode_pair(ba, ab)
+        (out.h_ba, out.std_ba), (out.h_ab, out.std_ab) = posteriors(model, ba, ab)
         if weights.cycle:
-            (out.aba,) = decode(model.gen_a, with_noise(out.h_ab, shard))
-            (out.bab,) = decode(model.gen_b, with_noise(out.h_ba, shard))
+            (out.aba,) = decode(model.gen_a, with_noise(out.h_ab, out.std_ab, shard))
+            (out.bab,) = decode(model.gen_b, with_noise(out.h_ba, out.std_ba, shard))
     return out
+
+
+def posteriors(model: UNIT, x_a: Tensor, x_b: Tensor) -> tuple[tuple[Tensor, Tensor | None], ...]:
+    """(mean, std) of q_a(z|x_a) and of q_b(z|x_b), encoded in one pass (std None: unit variance)."""
+    h_a, h_b = model.encode_pair(x_a, x_b)
+    return model.enc_a.posterior(h_a), model.enc_b.posterior(h_b)
 
 
 def adversarial_generator(gan: GANLoss, logits: list[Tensor]) -> Tensor:
@@ -168,11 +188,11 @@ def generator_losses(
         fakes_b = [t.ab, t.recon_b] if weights.fake_reconstructions else [t.ab]
         terms["gan"] = weights.gan * (fooling(gan, model.dis_a, fakes_a) + fooling(gan, model.dis_b, fakes_b))
     if weights.kl:
-        terms["kl"] = weights.kl * (kl_divergence(t.h_a) + kl_divergence(t.h_b))
+        terms["kl"] = weights.kl * (kl_divergence(t.h_a, t.std_a) + kl_divergence(t.h_b, t.std_b))
     if weights.recon:
         terms["recon"] = weights.recon * (reconstruction(t.recon_a, t.x_a) + reconstruction(t.recon_b, t.x_b))
     if weights.kl_cycle:
-        terms["kl_cycle"] = weights.kl_cycle * (kl_divergence(t.h_ab) + kl_divergence(t.h_ba))
+        terms["kl_cycle"] = weights.kl_cycle * (kl_divergence(t.h_ab, t.std_ab) + kl_divergence(t.h_ba, t.std_ba))
     if weights.cycle:
         terms["cycle"] = weights.cycle * (reconstruction(t.aba, t.x_a) + reconstruction(t.bab, t.x_b))
     terms["total"] = sum(terms.values(), start=t.h_a.new_zeros(()))

@@ -83,7 +83,10 @@ def check_encoder(entry: Entry) -> None:
         size = _image_size(encoder)
         x = torch.randn(2, channels, size, size)
         h = encoder(x)
-        assert h.ndim == 4 and h.shape[:2] == (2, encoder.latent_channels), f"latent shape {tuple(h.shape)}"
+        outputs = encoder.latent_channels * (2 if encoder.learns_scale else 1)
+        assert h.ndim == 4 and h.shape[:2] == (2, outputs), f"latent shape {tuple(h.shape)}"
+        _, std = encoder.posterior(h)
+        assert std is None or bool((std > 0).all()), f"encoder {entry.name!r}: a standard deviation is not positive"
         _check_gradients(encoder, h.square().mean(), f"encoder {entry.name!r}")
         first, second = _build(entry, in_channels=channels), _build(entry, in_channels=channels)
         same = torch.equal(first.eval()(x), second.eval()(x))
@@ -97,7 +100,7 @@ def check_generator(entry: Entry, registries: Registries) -> None:
     generator = _build(entry, out_channels=3, latent_channels=encoder.latent_channels)
     size = _image_size(encoder)
     x = torch.randn(2, 3, size, size)
-    y = generator(encoder(x))
+    y = generator(encoder.mean(x))
     assert y.shape == x.shape, f"generator {entry.name!r} maps a {tuple(x.shape)} image to {tuple(y.shape)}"
     assert y.min() >= -1 and y.max() <= 1, f"generator {entry.name!r} output leaves [-1, 1]"
     _check_gradients(generator, y.mean(), f"generator {entry.name!r}")

@@ -296,11 +296,15 @@ class Digits32Encoder(EncoderBackbone):
 
     ``blocks`` = [stem 5x5/2, conv 5x5/2, conv 8x8 to 1x1, conv 1x1, mean head 1x1]; channels w, 2w, 4w, 8w, 8w
     with batch norm (no affine) + bias and LeakyReLU(0.01). The latent is the mean, (N, 8*width, 1, 1):
-    ``latent_channels = 8 * width``. The reference also learns a sigma; here the model adds unit-variance noise.
-    ``coordinates`` appends each pixel's row and column to the stem's input (:class:`AppendCoordinates`).
+    ``latent_channels = 8 * width``. ``learned_scale`` gives the head a second 1x1 conv for q(z|x)'s standard
+    deviation through softplus, as the digits code has; without it the model adds unit-variance noise, as the
+    paper writes q(z|x). ``coordinates`` appends each pixel's row and column to the stem's input
+    (:class:`AppendCoordinates`).
     """
 
-    def __init__(self, in_channels: int, width: PositiveInt = 64, coordinates: bool = False):
+    def __init__(
+        self, in_channels: int, width: PositiveInt = 64, coordinates: bool = False, learned_scale: bool = False
+    ):
         super().__init__()
         _check_at_least("Digits32Encoder", width=(width, 1))
         w = width
@@ -311,10 +315,11 @@ class Digits32Encoder(EncoderBackbone):
                 _bn_lrelu(w, 2 * w, 5, 2, 2),  # 16 -> 8
                 _bn_lrelu(2 * w, 4 * w, 8),  # 8 -> 1
                 _bn_lrelu(4 * w, 8 * w, 1),
-                nn.Conv2d(8 * w, 8 * w, 1),
+                nn.Conv2d(8 * w, 8 * w * (1 + learned_scale), 1),  # the mean's conv and the scale's, side by side
             ]
         )
         self.latent_channels = 8 * w
+        self.learns_scale = learned_scale
         self.size_multiple = self.fixed_size = 32
         init_weights(self, "gaussian")  # the digits code initialises every conv with N(0, 0.02)
 
