@@ -57,7 +57,7 @@ class EncoderBackbone(Backbone):
         mean, scale = h.chunk(2, dim=1)
         return mean, F.softplus(scale)
 
-    def mean(self, x: Tensor) -> Tensor:
+    def encode_mean(self, x: Tensor) -> Tensor:
         """The mean of q(z|x) for images ``x``: the code that translation at test time decodes."""
         return self.posterior(self(x))[0]
 

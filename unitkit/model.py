@@ -64,7 +64,7 @@ class UNIT(nn.Module):
 
     def translate(self, x: Tensor, source: str) -> Tensor:
         """Images of domain ``source`` translated to the other domain through the latent mean (no noise)."""
-        return self.generator("b" if source == "a" else "a")(self.encoder(source).mean(x))
+        return self.generator("b" if source == "a" else "a")(self.encoder(source).encode_mean(x))
 
     def generator_parameters(self) -> list[nn.Parameter]:
         """Encoder and generator parameters, each shared tensor once (what the generator optimiser updates)."""
@@ -96,6 +96,11 @@ class UNIT(nn.Module):
         for block_a, block_b in zip(self.enc_a.blocks[first_shared:], self.enc_b.blocks[first_shared:], strict=True):
             h_a, h_b = block_a(h_a), block_b(h_b)
         return h_a, h_b
+
+    def posteriors(self, x_a: Tensor, x_b: Tensor) -> tuple[tuple[Tensor, Tensor | None], ...]:
+        """(mean, std) of q_a(z|x_a) and of q_b(z|x_b), encoded together (std None: unit variance)."""
+        h_a, h_b = self.encode_pair(x_a, x_b)
+        return self.enc_a.posterior(h_a), self.enc_b.posterior(h_b)
 
     def decode_both(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """G_a(z) and G_b(z): the leading blocks both generators share run once, their outputs feed both ends."""
@@ -230,10 +235,9 @@ def check_shapes(model: UNIT, channels: tuple[int, int], image_size: int) -> Non
         training = model.training
         model.eval()
         try:
-            h_a, h_b = model.encode_pair(*x)
-            for domain, code, c in (("a", model.enc_b.posterior(h_b)[0], channels[0]),
-                                    ("b", model.enc_a.posterior(h_a)[0], channels[1])):  # fmt: skip
-                out = model.generator(domain)(code)
+            (h_a, _), (h_b, _) = model.posteriors(*x)
+            for domain, h, c in (("a", h_b, channels[0]), ("b", h_a, channels[1])):
+                out = model.generator(domain)(h)
                 if tuple(out.shape[1:]) != (c, image_size, image_size):
                     raise RecipeError(
                         f"[model.generator] produces images of shape {tuple(out.shape[1:])} from a latent of a "

@@ -30,7 +30,7 @@ def kl_divergence(mean: Tensor, std: Tensor | None = None) -> Tensor:
     """
     if std is None:
         return mean.pow(2).mean()
-    std = std.float()
+    mean, std = mean.float(), std.float()  # under bf16 autocast the log of a small deviation loses its digits
     return (mean.pow(2) + std.pow(2) - 2 * std.log() - 1).mean()
 
 
@@ -81,7 +81,7 @@ def translate_both(
     model: UNIT, x_a: Tensor, x_b: Tensor, weights: ObjectiveSettings, shard: Shard = SINGLE_PROCESS
 ) -> Translations:
     """Encode both domains, reconstruct, translate and (when a cycle weight is set) translate back."""
-    (h_a, std_a), (h_b, std_b) = posteriors(model, x_a, x_b)
+    (h_a, std_a), (h_b, std_b) = model.posteriors(x_a, x_b)
     z_a, z_b = with_noise(h_a, std_a, shard), with_noise(h_b, std_b, shard)
     if weights.recon or weights.feature or weights.fake_reconstructions:
         to_a, to_b = model.decode_both(torch.cat([z_a, z_b]))
@@ -91,17 +91,11 @@ def translate_both(
         recon_a = recon_b = None
     out = Translations(x_a, x_b, h_a, h_b, ab, ba, recon_a, recon_b, std_a=std_a, std_b=std_b)
     if weights.cycle or weights.kl_cycle:
-        (out.h_ba, out.std_ba), (out.h_ab, out.std_ab) = posteriors(model, ba, ab)
+        (out.h_ba, out.std_ba), (out.h_ab, out.std_ab) = model.posteriors(ba, ab)
         if weights.cycle:
             (out.aba,) = decode(model.gen_a, with_noise(out.h_ab, out.std_ab, shard))
             (out.bab,) = decode(model.gen_b, with_noise(out.h_ba, out.std_ba, shard))
     return out
-
-
-def posteriors(model: UNIT, x_a: Tensor, x_b: Tensor) -> tuple[tuple[Tensor, Tensor | None], ...]:
-    """(mean, std) of q_a(z|x_a) and of q_b(z|x_b), encoded in one pass (std None: unit variance)."""
-    h_a, h_b = model.encode_pair(x_a, x_b)
-    return model.enc_a.posterior(h_a), model.enc_b.posterior(h_b)
 
 
 def adversarial_generator(gan: GANLoss, logits: list[Tensor]) -> Tensor:

@@ -24,7 +24,7 @@ def _rgb(x: Tensor) -> Tensor:
 def translate_images(model: UNIT, x: Tensor, source: str) -> dict[str, Tensor]:
     """Deterministic (noise-free) translation of ``x`` from domain ``source``, with reconstruction and cycle."""
     target = "b" if source == "a" else "a"
-    h = model.encoder(source).mean(x)
+    h = model.encoder(source).encode_mean(x)
     translation = model.generator(target)(h)
     return {
         "input": x,

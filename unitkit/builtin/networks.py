@@ -296,10 +296,10 @@ class Digits32Encoder(EncoderBackbone):
 
     ``blocks`` = [stem 5x5/2, conv 5x5/2, conv 8x8 to 1x1, conv 1x1, mean head 1x1]; channels w, 2w, 4w, 8w, 8w
     with batch norm (no affine) + bias and LeakyReLU(0.01). The latent is the mean, (N, 8*width, 1, 1):
-    ``latent_channels = 8 * width``. ``learned_scale`` gives the head a second 1x1 conv for q(z|x)'s standard
-    deviation through softplus, as the digits code has; without it the model adds unit-variance noise, as the
-    paper writes q(z|x). ``coordinates`` appends each pixel's row and column to the stem's input
-    (:class:`AppendCoordinates`).
+    ``latent_channels = 8 * width``. ``learned_scale`` doubles the head's outputs, the mean's and a scale that
+    softplus makes q(z|x)'s standard deviation, as the digits code has (there as two 1x1 convs); without it the
+    model adds unit-variance noise, as the paper writes q(z|x). ``coordinates`` appends each pixel's row and
+    column to the stem's input (:class:`AppendCoordinates`).
     """
 
     def __init__(
