@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -74,8 +74,13 @@ def tiny_recipe(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def torchrun_tiny(tiny_recipe: Path) -> Callable[..., subprocess.Popen]:
-    """Starts ``unitkit run`` of the tiny recipe in two CPU processes (gloo) under torchrun; returns its Popen."""
+def torchrun_tiny(tiny_recipe: Path) -> Iterator[Callable[..., subprocess.Popen]]:
+    """Starts ``unitkit run`` of the tiny recipe in two CPU processes (gloo) under torchrun; returns its Popen.
+
+    torchrun's workers run in sessions of their own, so killing torchrun would orphan them: a run still going
+    at the end of the test gets SIGTERM, which torchrun forwards, and is killed only if it outlives that.
+    """
+    started: list[subprocess.Popen] = []
 
     def start(out: Path, *overrides: str) -> subprocess.Popen:
         with socket.socket() as free:
@@ -86,9 +91,17 @@ def torchrun_tiny(tiny_recipe: Path) -> Callable[..., subprocess.Popen]:
                    str(out), "--quiet", *(f"--set={o}" for o in overrides)]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
         env["OMP_NUM_THREADS"] = "1"
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        started.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+        return started[-1]
 
-    return start
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 #: The digits networks at toy width with the domain-adaptation terms on; prepend a [data] table, append [train].

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_distribution
 
 from unitkit import checkpoint as ckpt
 from unitkit.errors import CheckpointError, TrainingError
@@ -116,12 +118,9 @@ def test_a_signal_to_one_of_two_processes_stops_both_and_saves(torchrun_tiny, tm
     run_dir = tmp_path / "run"
     process = torchrun_tiny(run_dir, "train.iterations=100000", "train.checkpoint_every=100000",
                             "train.log_every=1", "train.sample_every=100000", "train.batch_size=4")  # fmt: skip
-    try:
-        _wait_for(lambda: (run_dir / "log.jsonl").exists() and (run_dir / "log.jsonl").stat().st_size > 0)
-        os.kill(_worker(process.pid, rank=1), signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=120)
-    finally:
-        process.kill()
+    _wait_for(lambda: (run_dir / "log.jsonl").exists() and (run_dir / "log.jsonl").stat().st_size > 0)
+    os.kill(_worker(process.pid, rank=1), signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
     assert "checkpoint saved" in stdout and "--resume" in stdout, stderr[-3000:]
     assert ckpt.read_checkpoint(ckpt.list_checkpoints(run_dir / "checkpoints")[-1]).step >= 1
     assert not (run_dir / "evaluation.json").exists()  # rank 0 knows the run was interrupted
@@ -175,6 +174,45 @@ def test_non_finite_loss_can_skip_updates_and_count_them(tiny_recipe, tmp_path, 
     assert result.step == 6 and result.skipped_updates == 4
     state = ckpt.read_checkpoint(result.checkpoint)
     assert all(torch.isfinite(t).all() for t in state.model_state.values())
+
+
+RANK_ONE_EXPLODES = """
+import os
+
+import torch.nn.functional as F
+from unitkit import hookimpl
+
+calls = {"n": 0}
+
+
+def rank_one_explodes():
+    \"\"\"L1, but NaN in torchrun's rank 1 from its 9th call on.\"\"\"
+    def loss(output, target):
+        calls["n"] += 1
+        nan = os.environ.get("RANK") == "1" and calls["n"] >= 9
+        return F.l1_loss(output, target) * (float("nan") if nan else 1.0)
+    return loss
+
+
+@hookimpl
+def unitkit_register_reconstruction_losses(registry):
+    registry.register("rank-one-explodes", rank_one_explodes)
+"""
+
+
+def test_a_non_finite_loss_in_one_process_skips_the_update_in_all(torchrun_tiny, tmp_path, monkeypatch):
+    """The gradients are averaged: had rank 0 stepped with rank 1's NaN, its weights would be NaN."""
+    site = make_distribution(tmp_path / "site", "unitkit-rank-one", "unitkit_rank_one", RANK_ONE_EXPLODES)
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    run_dir = tmp_path / "run"
+    process = torchrun_tiny(run_dir, "objective.reconstruction_loss.kind=rank-one-explodes", "train.iterations=6",
+                            "train.on_nonfinite=skip", "train.batch_size=4")  # fmt: skip
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    state = ckpt.read_checkpoint(ckpt.list_checkpoints(run_dir / "checkpoints")[-1])
+    assert state.step == 6 and all(torch.isfinite(t).all() for t in state.model_state.values())
+    logged = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["skipped_updates"] for r in logged if "skipped_updates" in r][-1] == 4  # rank 0 skipped them too
 
 
 def test_failed_write_is_a_clear_error_and_keeps_the_previous_checkpoint(tiny_recipe, tmp_path, monkeypatch):

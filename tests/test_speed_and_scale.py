@@ -56,10 +56,7 @@ def test_torchrun_two_processes_match_one_process(tiny_recipe, torchrun_tiny, tm
     train(load_recipe(tiny_recipe, registries, common), registries, tmp_path / "one", show_progress=False)
 
     process = torchrun_tiny(tmp_path / "two", *common)
-    try:
-        stdout, stderr = process.communicate(timeout=300)
-    finally:
-        process.kill()
+    stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr[-3000:]
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "two" / "checkpoints")] == ["step_000000003.safetensors"]
     assert stdout.count("done 3 iterations") == 1  # rank 0 alone reports

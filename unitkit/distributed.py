@@ -71,7 +71,8 @@ class StopVote:
     A signal reaches the processes of a run at different moments (torchrun forwards it one by one, a scheduler may
     preempt one node first). A process that left the loop alone would leave the others waiting in their next
     gradient all-reduce until a timeout, and no checkpoint would be written. So each iteration the processes
-    all-reduce their requests. The vote runs on the CPU (gloo), so a GPU run does not wait for its device.
+    all-reduce their requests. The vote runs on the CPU (gloo), so a GPU run does not wait for its device; it
+    aligns the processes' CPU sides once per iteration, which their gradient all-reduces do anyway.
     """
 
     def __init__(self, shard: Shard) -> None:
@@ -84,6 +85,20 @@ class StopVote:
         vote = torch.tensor([signal.Signals[received[0]].value if received else 0])
         dist.all_reduce(vote, op=dist.ReduceOp.MAX, group=self._group)
         return signal.Signals(int(vote)).name if vote else ""
+
+    def barrier(self) -> None:
+        """Wait until every process gets here. Called after the final save: a process that exits early, with
+        143 after a signal, makes torchrun terminate the others, rank 0 included, within 30 seconds."""
+        if self._group is not None:
+            dist.barrier(group=self._group)
+
+
+def in_every_process(condition: torch.Tensor, processes: int) -> bool:
+    """Whether ``condition`` (a one-element boolean tensor) holds in each of the ``processes`` of the run."""
+    holds = condition.to(torch.int32)
+    if processes > 1:
+        dist.all_reduce(holds, op=dist.ReduceOp.MIN)
+    return bool(holds)
 
 
 def stop() -> None:

@@ -167,6 +167,7 @@ class UnitStep:
     dtype: torch.dtype | None  # autocast dtype; None: fp32
     memory_format: torch.memory_format
     on_nonfinite: str
+    processes: int = 1  # under torchrun: how many train together
 
     def __call__(
         self, x_a: torch.Tensor, x_b: torch.Tensor, labels_a: torch.Tensor
@@ -202,7 +203,7 @@ class UnitStep:
     def update(self, name: str, loss: torch.Tensor) -> bool:
         """Backward and step one optimiser (loss scaling under fp16); False when a bad loss was skipped."""
         self.scalers[name].scale(loss).backward()
-        if not update_allowed(self.on_nonfinite, loss):
+        if not update_allowed(self.on_nonfinite, loss, self.processes):
             return False
         self.scalers[name].step(self.optimizers[name])
         self.scalers[name].update()
@@ -268,7 +269,7 @@ def build_step(
         discriminator_pass = DistributedDataParallel(discriminator_pass, device_ids=ids)
     return UnitStep(
         model, generator_pass, discriminator_pass, gan, reconstruction, weights, optimizers, schedulers, scalers,
-        device, dtype, memory_format, cfg.on_nonfinite,
+        device, dtype, memory_format, cfg.on_nonfinite, shard.world,
     )  # fmt: skip
 
 
@@ -410,13 +411,14 @@ def train(
             interrupted = "SIGINT"
         path = save()
         samples()
+        anyone_stops.barrier()
         unreadable = sum(getattr(d, "skipped", 0) for d in (data.train_a, data.train_b))
         if unreadable and shard.is_main:
             console.print(f"[yellow]skipped {unreadable} unreadable image file(s)[/] (data.bad_files = 'skip')")
             for logger in loggers:
                 logger.log_scalars(step, {"data/skipped_files": unreadable})
-        if not interrupted:  # a signal to any process in the loop, or to this one in the final save
-            interrupted = stopped_by or (stop[0] if stop else "")  # a resumed run evaluates
+        if not interrupted:  # a signal to any process in the loop, or to rank 0 in the final save
+            interrupted = stopped_by or (stop[0] if stop and shard.is_main else "")  # a resumed run evaluates
         if not interrupted and shard.is_main:
             results = evaluate()
             try:
@@ -433,9 +435,13 @@ def train(
     return RunResult(run_dir, step, path, time.perf_counter() - started, interrupted, skipped_updates)
 
 
-def update_allowed(policy: str, loss: torch.Tensor) -> bool:
-    """With ``on_nonfinite = "skip"``, refuse an update whose loss is NaN or infinite (a sync per step)."""
-    return policy != "skip" or bool(torch.isfinite(loss))
+def update_allowed(policy: str, loss: torch.Tensor, processes: int = 1) -> bool:
+    """With ``on_nonfinite = "skip"``, refuse an update whose loss is NaN or infinite (a sync per step).
+
+    Under torchrun the gradients were averaged across processes, so one process's NaN spoils them all: every
+    process skips when any loss is non-finite.
+    """
+    return policy != "skip" or distributed.in_every_process(torch.isfinite(loss.detach()), processes)
 
 
 @contextmanager
