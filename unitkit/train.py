@@ -403,10 +403,10 @@ def train(
                     progress.update(task, completed=step)
                 if step % cfg.checkpoint_every == 0:
                     save()
-                if step % cfg.sample_every == 0:
-                    samples()
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.iterations:  # the end evaluates anyway
                     evaluate()
+                if step % cfg.sample_every == 0:  # after the evaluation, which the loss plot then shows
+                    samples()
         except KeyboardInterrupt:
             interrupted = "SIGINT"
         path = save()
