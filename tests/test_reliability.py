@@ -215,6 +215,20 @@ def test_a_non_finite_loss_in_one_process_skips_the_update_in_all(torchrun_tiny,
     assert [r["skipped_updates"] for r in logged if "skipped_updates" in r][-1] == 4  # rank 0 skipped them too
 
 
+def test_a_non_finite_loss_in_one_process_stops_all_before_rank_0_saves(torchrun_tiny, tmp_path, monkeypatch):
+    """Rank 1's NaN at iteration 3 (a checkpoint step) reached rank 0's weights through the averaged gradients."""
+    site = make_distribution(tmp_path / "site", "unitkit-rank-one", "unitkit_rank_one", RANK_ONE_EXPLODES)
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    run_dir = tmp_path / "run"
+    process = torchrun_tiny(run_dir, "objective.reconstruction_loss.kind=rank-one-explodes", "train.iterations=6",
+                            "train.checkpoint_every=1", "train.keep_checkpoints=10", "train.batch_size=4")  # fmt: skip
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode != 0 and "at iteration 3" in stderr, stderr[-3000:]
+    kept = [ckpt.read_checkpoint(p) for p in ckpt.list_checkpoints(run_dir / "checkpoints")]
+    assert [state.step for state in kept] == [1, 2]
+    assert all(torch.isfinite(t).all() for state in kept for t in state.model_state.values())
+
+
 def test_failed_write_is_a_clear_error_and_keeps_the_previous_checkpoint(tiny_recipe, tmp_path, monkeypatch):
     result = run(tiny_recipe, tmp_path / "r", "train.iterations=2")
     before = ckpt.list_checkpoints(tmp_path / "r" / "checkpoints")

@@ -390,7 +390,7 @@ def train(
 
                 # Bookkeeping. Reading a loss synchronises with the device, so it happens only at log steps.
                 if step % cfg.log_every == 0 or step == cfg.iterations or step % cfg.checkpoint_every == 0:
-                    scalars = losses_as_floats(terms, terms_d, step, cfg.on_nonfinite)
+                    scalars = losses_as_floats(terms, terms_d, step, cfg.on_nonfinite, shard.world)
                     scalars["lr"] = optimizers["generator"].param_groups[0]["lr"]
                     scalars["skipped_updates"] = skipped_updates
                     for logger in loggers:
@@ -457,14 +457,20 @@ def out_of_memory_advice(batch_size: int, image_size: int, device: torch.device)
 
 
 def losses_as_floats(
-    terms: dict[str, torch.Tensor], terms_d: dict[str, torch.Tensor], step: int, policy: str
+    terms: dict[str, torch.Tensor], terms_d: dict[str, torch.Tensor], step: int, policy: str, processes: int = 1
 ) -> dict[str, float]:
-    """The losses as floats; under the "stop" policy a non-finite one stops the run, naming term and iteration."""
+    """The losses as floats; under the "stop" policy a non-finite one stops the run, naming term and iteration.
+
+    Under torchrun every process stops when any loss is non-finite: rank 0's own losses may still be finite
+    while its weights already took the other process's NaN, and it must not save them.
+    """
     scalars = {f"G/{k}": v.item() for k, v in terms.items()} | {f"D/{k}": v.item() for k, v in terms_d.items()}
-    for name, value in scalars.items():
-        if policy == "stop" and not math.isfinite(value):
+    if policy == "stop":
+        bad = [name for name, value in scalars.items() if not math.isfinite(value)]
+        if not distributed.in_every_process(torch.tensor(not bad), processes):
+            what = f"loss {bad[0]} became {scalars[bad[0]]}" if bad else "a loss of another process became non-finite"
             raise TrainingError(
-                f"loss {name} became {value} at iteration {step:,}; the run stopped, its last good checkpoint is "
-                "kept. Lower train.lr, or check the data"
+                f"{what} at iteration {step:,}; the run stopped, its last good checkpoint is kept. Lower train.lr, "
+                "or check the data"
             )
     return scalars
