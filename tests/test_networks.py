@@ -11,6 +11,7 @@ from unitkit.builtin.networks import (
     Digits32Encoder,
     Digits32Generator,
     LayerNorm2d,
+    MatmulConvTranspose2d,
     MultiscalePatchDiscriminator,
     PatchDiscriminator,
     ResnetEncoder,
@@ -89,6 +90,21 @@ def test_resnet_bad_arguments():
 
 # ---------------------------------------------------------------------------------------------------------------
 # Digits 32x32 coupled VAE
+
+
+@pytest.mark.parametrize("size, pad", [(1, 0), (1, 1), (3, 0)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_matmul_transposed_conv_matches_torch_on_1x1_and_falls_back_elsewhere(size, pad, bias):
+    torch.manual_seed(0)
+    fast = MatmulConvTranspose2d(6, 5, 4, 2, pad, bias=bias)
+    reference = nn.ConvTranspose2d(6, 5, 4, 2, pad, bias=bias)
+    reference.load_state_dict(fast.state_dict())  # the same parameters under the same names
+    x = torch.randn(3, 6, size, size, requires_grad=True)
+    y_fast, y_ref = fast(x), reference(x)
+    torch.testing.assert_close(y_fast, y_ref)
+    grad = torch.randn_like(y_ref)
+    torch.testing.assert_close(torch.autograd.grad(y_fast, [x, fast.weight], grad),
+                               torch.autograd.grad(y_ref, [x, reference.weight], grad))  # fmt: skip
 
 
 def test_digits_autoencoder_shapes_and_range():

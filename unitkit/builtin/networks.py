@@ -64,6 +64,21 @@ def batch_norm_bias(channels: int) -> nn.Module:
     return nn.Sequential(nn.BatchNorm2d(channels, affine=False), Bias2d(channels))
 
 
+class MatmulConvTranspose2d(nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` that computes a 1x1 input (the digits decoder's code) as one matrix product.
+
+    Same weights and result. On this project's CPU, oneDNN ran the digits decoder's 1x1 -> 4x4 layer forward and
+    backward at a sixth of the matrix product's speed in bf16, about a tenth of the digits iteration.
+    """
+
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        plain = self.padding == (0, 0) and self.output_padding == (0, 0) and self.dilation == (1, 1)
+        if x.shape[-2:] != (1, 1) or not plain or self.groups != 1 or output_size is not None:
+            return super().forward(x, output_size)
+        out = (x.flatten(1) @ self.weight.flatten(1)).view(len(x), self.out_channels, *self.kernel_size)
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+
+
 def conv(
     cin: int,
     cout: int,
@@ -84,7 +99,7 @@ def conv(
     # Instance/batch norm subtract a conv bias right away (it would get no gradient), so those convs have none.
     bias = norm not in (instance_norm, batch_norm_bias)
     if transposed:
-        layer = nn.ConvTranspose2d(cin, cout, kernel, stride, pad, bias=bias)
+        layer = MatmulConvTranspose2d(cin, cout, kernel, stride, pad, bias=bias)
     else:
         layer = nn.Conv2d(cin, cout, kernel, stride, pad, bias=bias, padding_mode=padding)
     return nn.Sequential(layer, *([norm(cout)] if norm else []), *([act] if act else []))
