@@ -204,11 +204,13 @@ device = "cpu"
 )
 
 
-def test_domain_adaptation_run_reports_last_and_best_accuracy(shared_data, tmp_path):
+@pytest.mark.parametrize("learned_scale", [False, True])
+def test_domain_adaptation_run_reports_last_and_best_accuracy(shared_data, tmp_path, learned_scale):
     recipe = tmp_path / "digits.toml"
     recipe.write_text(DIGITS_RUN, encoding="utf-8")
     run_dir = tmp_path / "run"
-    result = invoke("run", recipe, "--out", run_dir, "--quiet")
+    scale = f"model.encoder.learned_scale={str(learned_scale).lower()}"
+    result = invoke("run", recipe, "--out", run_dir, "--quiet", "--set", scale)
     assert result.exit_code == 0, result.output
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
