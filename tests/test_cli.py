@@ -222,9 +222,13 @@ def test_domain_adaptation_run_reports_last_and_best_accuracy(shared_data, tmp_p
     assert any("D/classify" in r for r in records) and any("D/feature" in r for r in records)
     assert 0 <= evaluation["accuracy_b2a"] <= 1 and evaluation["best_accuracy_b2a_step"] in (2, 4)
 
+    assert (run_dir / "confusion.png").stat().st_size > 0 and "confusion.png" in (run_dir / "index.html").read_text()
+
+    (run_dir / "confusion.png").unlink()
     evaluated = invoke("evaluate", run_dir, "--device", "cpu")
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads((run_dir / "evaluation.json").read_text())["accuracy_b"] == evaluation["accuracy_b"]
+    assert (run_dir / "confusion.png").exists()
 
 
 def test_domain_adaptation_terms_need_a_discriminator_with_trunk_features(tiny_recipe, tmp_path):

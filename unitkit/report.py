@@ -102,8 +102,48 @@ def plot_losses(log_path: Path, out_path: Path) -> Path | None:
     return out_path
 
 
+#: What each confusion matrix of :func:`unitkit.evaluate.confusion_matrices` reads.
+CONFUSION_TITLES = {
+    "a": "A's test set, A's classifier",
+    "b": "B's test set via D_b's stem (accuracy_b)",
+    "b2a": "B's test set translated to A, A's classifier",
+}
+
+
+def plot_confusions(confusions: dict[str, Tensor], path: Path) -> Path:
+    """Draw confusion matrices side by side as a PNG: rows are true classes, each row in % of its images.
+
+    A class swap (a translation drawing every 3 as a 4) shows as one bright cell off the diagonal.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(confusions), figsize=(4.2 * len(confusions), 4.4), squeeze=False)
+    for ax, (name, counts) in zip(axes[0], confusions.items(), strict=True):
+        rows = counts.float() / counts.sum(1, keepdim=True).clamp_min(1)
+        ax.imshow(rows.numpy(), cmap="Blues", vmin=0, vmax=1)
+        for (true, predicted), share in zip(torch.cartesian_prod(*map(torch.arange, rows.shape)).tolist(),
+                                            rows.flatten().tolist(), strict=True):  # fmt: skip
+            if share >= 0.01:
+                colour = "white" if share > 0.6 else "black"
+                ax.text(predicted, true, f"{share:.0%}", ha="center", va="center", fontsize=6, color=colour)
+        accuracy = (counts.trace() / counts.sum().clamp_min(1)).item()
+        ax.set_title(f"{CONFUSION_TITLES.get(name, name)}\naccuracy {accuracy:.4f}", fontsize=9)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_xticks(range(len(rows)))
+        ax.set_yticks(range(len(rows)))
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def write_index(run_dir: Path, title: str, status: str) -> Path:
-    """Write RUN_DIR/index.html: status, loss curves, the newest sample grids first, and the recipe."""
+    """Write RUN_DIR/index.html: status, loss curves, confusion matrices, the newest sample grids first, and the
+    recipe."""
     run_dir = Path(run_dir)
     samples = sorted((run_dir / "samples").glob("step_*.png"), reverse=True)
     recipe = (run_dir / "recipe.toml").read_text(encoding="utf-8") if (run_dir / "recipe.toml").exists() else ""
@@ -119,6 +159,8 @@ def write_index(run_dir: Path, title: str, status: str) -> Path:
         parts.append(f"<h2>Evaluation</h2><pre>{html.escape(evaluation.read_text(encoding='utf-8'))}</pre>")
     if (run_dir / "losses.png").exists():
         parts.append("<h2>Losses</h2><img src='losses.png' alt='loss curves'>")
+    if (run_dir / "confusion.png").exists():
+        parts.append("<h2>Classification (latest evaluation)</h2><img src='confusion.png' alt='confusion matrices'>")
     parts.append(
         "<h2>Samples</h2><p>Left: A→B, right: B→A. Columns: " + " | ".join(GRID_COLUMNS) + " (fixed test images).</p>"
     )

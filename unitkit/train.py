@@ -365,7 +365,7 @@ def train(
         return results
 
     def evaluate() -> dict[str, float]:
-        return log_evaluation(evaluate_run(model, data, device)) if shard.is_main else {}
+        return log_evaluation(evaluate_run(model, data, device, run_dir / "confusion.png")) if shard.is_main else {}
 
     start_step, started = step, time.perf_counter()
     progress = _progress(console) if show_progress and shard.is_main else None
