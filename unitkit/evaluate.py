@@ -112,9 +112,10 @@ def evaluate_run(
         results.update(paired_pixel_accuracy(model, data, device))
     if model.dis_a.num_classes and data.num_classes:
         confusions = confusion_matrices(model, data, device)
-        results.update(classification_accuracy(confusions))
+        accuracies = classification_accuracy(confusions)
+        results.update(accuracies)
         if confusion_figure is not None:
-            plot_confusions(confusions, confusion_figure)
+            plot_confusions(confusions, accuracies, confusion_figure)
     return results
 
 

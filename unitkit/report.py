@@ -110,10 +110,11 @@ CONFUSION_TITLES = {
 }
 
 
-def plot_confusions(confusions: dict[str, Tensor], path: Path) -> Path:
+def plot_confusions(confusions: dict[str, Tensor], accuracies: dict[str, float], path: Path) -> Path:
     """Draw confusion matrices side by side as a PNG: rows are true classes, each row in % of its images.
 
-    A class swap (a translation drawing every 3 as a 4) shows as one bright cell off the diagonal.
+    ``accuracies`` holds ``accuracy_NAME`` for each matrix, shown in its title. A class swap (a translation
+    drawing every 3 as a 4) shows as one bright cell off the diagonal.
     """
     import matplotlib
 
@@ -124,13 +125,13 @@ def plot_confusions(confusions: dict[str, Tensor], path: Path) -> Path:
     for ax, (name, counts) in zip(axes[0], confusions.items(), strict=True):
         rows = counts.float() / counts.sum(1, keepdim=True).clamp_min(1)
         ax.imshow(rows.numpy(), cmap="Blues", vmin=0, vmax=1)
-        for (true, predicted), share in zip(torch.cartesian_prod(*map(torch.arange, rows.shape)).tolist(),
-                                            rows.flatten().tolist(), strict=True):  # fmt: skip
-            if share >= 0.01:
-                colour = "white" if share > 0.6 else "black"
-                ax.text(predicted, true, f"{share:.0%}", ha="center", va="center", fontsize=6, color=colour)
-        accuracy = (counts.trace() / counts.sum().clamp_min(1)).item()
-        ax.set_title(f"{CONFUSION_TITLES.get(name, name)}\naccuracy {accuracy:.4f}", fontsize=9)
+        for true, row in enumerate(rows.tolist()):
+            for predicted, share in enumerate(row):
+                if share >= 0.01:
+                    colour = "white" if share > 0.6 else "black"
+                    ax.text(predicted, true, f"{share:.0%}", ha="center", va="center", fontsize=6, color=colour)
+        title = CONFUSION_TITLES.get(name, name)
+        ax.set_title(f"{title}\naccuracy {accuracies[f'accuracy_{name}']:.4f}", fontsize=9)
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
         ax.set_xticks(range(len(rows)))
