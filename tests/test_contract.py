@@ -1,5 +1,22 @@
 """Every registered component passes the contract tests plugin authors run on theirs."""
 
-from unitkit.testing import contract_tests
+from types import SimpleNamespace
+
+import pytest
+
+from unitkit.builtin.networks import ResnetEncoder
+from unitkit.testing import check_encoder, contract_tests
 
 test_contract = contract_tests()
+
+
+class DriftingEncoder(ResnetEncoder):
+    """Its forward computes something its blocks do not: training, which runs the blocks, would never see it."""
+
+    def forward(self, x):
+        return super().forward(x) + 1
+
+
+def test_a_forward_that_differs_from_the_blocks_breaks_the_contract():
+    with pytest.raises(AssertionError, match="forward differs from applying its blocks"):
+        check_encoder(SimpleNamespace(name="drifting", factory=DriftingEncoder))

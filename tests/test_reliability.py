@@ -21,7 +21,7 @@ from unitkit import checkpoint as ckpt
 from unitkit.errors import CheckpointError, TrainingError
 from unitkit.plugins import load_plugins
 from unitkit.recipe import load_recipe
-from unitkit.train import train
+from unitkit.train import UnitStep, train
 
 
 def run(recipe_path, run_dir, *overrides, resume=False, plugins=None):
@@ -31,7 +31,10 @@ def run(recipe_path, run_dir, *overrides, resume=False, plugins=None):
 
 
 def test_resume_is_bit_exact(tiny_recipe, tmp_path):
-    common = ["train.deterministic=true", "train.checkpoint_every=3", "train.keep_checkpoints=10"]
+    # The straight run evaluates and draws samples at iteration 3, the resumed one does not: they must not move
+    # training's random stream.
+    common = ["train.deterministic=true", "train.checkpoint_every=3", "train.keep_checkpoints=10",
+              "train.eval_every=3", "train.sample_every=3"]  # fmt: skip
     run(tiny_recipe, tmp_path / "straight", "train.iterations=6", *common)
     run(tiny_recipe, tmp_path / "halves", "train.iterations=3", *common)
     run(tiny_recipe, tmp_path / "halves", "train.iterations=6", *common, resume=True)
@@ -49,6 +52,44 @@ def test_resume_is_bit_exact(tiny_recipe, tmp_path):
     assert torch.equal(straight.rng["tensors"]["rng/torch"], resumed.rng["tensors"]["rng/torch"])
 
 
+def test_a_resumed_run_drops_what_was_logged_after_its_checkpoint(tiny_recipe, tmp_path):
+    """After a crash between checkpoints, the log must not hold the lost iterations beside their redone ones."""
+    common = ["train.iterations=4", "train.checkpoint_every=2", "train.log_every=1", "train.eval_every=1"]
+    run(tiny_recipe, tmp_path / "run", *common)
+    ckpt.checkpoint_path(tmp_path / "run" / "checkpoints", 4).unlink()  # the crash came before this save
+    (tmp_path / "run" / "evaluation.json").unlink()
+    with (tmp_path / "run" / "log.jsonl").open("a") as log:
+        log.write('{"step": 4, "G/to')  # and tore the last line
+    run(tiny_recipe, tmp_path / "run", *common, resume=True)
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    losses = [r["step"] for r in records if "G/total" in r]
+    evaluations = [r["step"] for r in records if any(k.startswith("eval/") for k in r)]
+    assert losses == [1, 2, 3, 4]
+    assert evaluations == [1, 2, 3, 4]
+
+
+def test_a_second_ctrl_c_mid_iteration_leaves_the_last_checkpoint_untouched(tiny_recipe, tmp_path, monkeypatch):
+    common = ["train.deterministic=true", "train.checkpoint_every=1", "train.keep_checkpoints=10"]
+    run(tiny_recipe, tmp_path / "straight", "train.iterations=2", *common)
+    updates = []
+    real_update = UnitStep.update
+
+    def update(self, name, loss):
+        updates.append(name)
+        if len(updates) == 6:  # iteration 3's generator update, after its discriminator update
+            raise KeyboardInterrupt
+        return real_update(self, name, loss)
+
+    monkeypatch.setattr(UnitStep, "update", update)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_recipe, tmp_path / "interrupted", "train.iterations=10", *common)
+    kept = ckpt.list_checkpoints(tmp_path / "interrupted" / "checkpoints")
+    assert [ckpt.read_checkpoint(path).step for path in kept] == [1, 2]
+    straight = ckpt.read_checkpoint(ckpt.checkpoint_path(tmp_path / "straight" / "checkpoints", 2)).model_state
+    for name, tensor in ckpt.read_checkpoint(kept[-1]).model_state.items():
+        assert torch.equal(tensor, straight[name]), name  # not iteration 3's half-made update
+
+
 def _start_run(recipe: Path, run_dir: Path, *overrides: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "unitkit", "run", str(recipe), "--out", str(run_dir), "--quiet"]
     for override in overrides:
@@ -63,23 +104,33 @@ def _wait_for(condition, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
+# Runs `unitkit run` in a process that kills itself with SIGKILL inside the third checkpoint write: the temporary
+# file is written and being fsynced, the rename has not happened.
+KILLED_MID_WRITE = """
+import os, signal, sys
+from unitkit.cli import main
+fsync, writes = os.fsync, []
+def fsync_then_die(fd):
+    writes.append(fd)
+    if len(writes) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    fsync(fd)
+os.fsync = fsync_then_die
+main(sys.argv[1:])
+"""
+
+
 def test_sigkill_while_writing_leaves_a_loadable_checkpoint_that_resumes(tiny_recipe, tmp_path):
     run_dir = tmp_path / "run"
-    # A wide model and a checkpoint every step: the process spends much of its time writing checkpoints.
-    overrides = ["train.iterations=100000", "train.checkpoint_every=1", "train.sample_every=100000",
-                 "train.log_every=1000", "model.encoder.width=48"]  # fmt: skip
-    process = _start_run(tiny_recipe, run_dir, *overrides)
-    try:
-        _wait_for(lambda: len(ckpt.list_checkpoints(run_dir / "checkpoints")) >= 2)
-        time.sleep(0.37)
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        process.kill()
-    latest = ckpt.list_checkpoints(run_dir / "checkpoints")[-1]
-    state = ckpt.read_checkpoint(latest)
-    result = run(tiny_recipe, run_dir, *overrides[1:], f"train.iterations={state.step + 1}", resume=True)
-    assert result.step == state.step + 1
+    overrides = ["train.iterations=10", "train.checkpoint_every=1", "train.keep_checkpoints=10"]
+    args = ["run", str(tiny_recipe), "--out", str(run_dir), "--quiet", *(f"--set={o}" for o in overrides)]
+    process = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, *args], capture_output=True, timeout=120)
+    assert process.returncode == -signal.SIGKILL, process.stderr
+    assert list((run_dir / "checkpoints").glob(".step_000000003.safetensors.tmp-*"))  # killed mid-write
+    found = ckpt.list_checkpoints(run_dir / "checkpoints")
+    assert [ckpt.read_checkpoint(path).step for path in found] == [1, 2]
+    result = run(tiny_recipe, run_dir, *overrides[1:], "train.iterations=4", resume=True)
+    assert result.step == 4
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -223,7 +274,7 @@ def test_a_non_finite_loss_in_one_process_stops_all_before_rank_0_saves(torchrun
     process = torchrun_tiny(run_dir, "objective.reconstruction_loss.kind=rank-one-explodes", "train.iterations=6",
                             "train.checkpoint_every=1", "train.keep_checkpoints=10", "train.batch_size=4")  # fmt: skip
     _, stderr = process.communicate(timeout=300)
-    assert process.returncode != 0 and "at iteration 3" in stderr, stderr[-3000:]
+    assert process.returncode != 0 and "by iteration 3" in stderr, stderr[-3000:]
     kept = [ckpt.read_checkpoint(p) for p in ckpt.list_checkpoints(run_dir / "checkpoints")]
     assert [state.step for state in kept] == [1, 2]
     assert all(torch.isfinite(t).all() for state in kept for t in state.model_state.values())

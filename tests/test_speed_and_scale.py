@@ -7,11 +7,35 @@ import json
 
 import pytest
 import torch
+from torch.utils.data import Dataset
 
 from unitkit import checkpoint as ckpt
+from unitkit.data import endless_images
+from unitkit.distributed import Shard
 from unitkit.plugins import load_plugins
 from unitkit.recipe import load_recipe
 from unitkit.train import autocast_dtype, train
+
+
+class RandomDraws(Dataset):
+    """Each item is what a random transform would draw for it (a flip's coin, a crop's offset)."""
+
+    def __len__(self):
+        return 40
+
+    def __getitem__(self, index):
+        return torch.rand(1), index
+
+
+@pytest.mark.parametrize("shard, workers", [(Shard(1, 2), 0), (Shard(0, 1), 2)])
+def test_augmentation_draws_follow_the_image_not_the_process_or_worker(shard, workers):
+    """Under torchrun the processes' RNGs agree: the k-th image of each one's slice must still get its own flip."""
+    torch.manual_seed(0)
+    one_process = next(endless_images(RandomDraws(), 16, seed=3, start=5, num_workers=0, pin_memory=False))
+    torch.manual_seed(0)
+    draws, indices = next(endless_images(RandomDraws(), 16, 3, 5, workers, False, shard))
+    assert torch.equal(indices, one_process[1][shard.slice(16)])
+    assert torch.equal(draws, one_process[0][shard.slice(16)])
 
 
 def losses(tiny_recipe, run_dir, *overrides):

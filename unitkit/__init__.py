@@ -4,6 +4,7 @@ The public API a plugin or a script uses is re-exported here; everything else is
 """
 
 from unitkit.components import (
+    IMAGE_SUFFIXES,
     Backbone,
     Discriminator,
     DomainData,
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "HOOK_VERSION",
+    "IMAGE_SUFFIXES",
     "Backbone",
     "Discriminator",
     "DomainData",

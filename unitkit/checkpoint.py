@@ -38,6 +38,7 @@ class Checkpoint:
     model_state: dict[str, torch.Tensor]
     optimizers: dict[str, dict[str, Any]]
     schedulers: dict[str, dict[str, Any]]
+    scalers: dict[str, dict[str, Any]]  # fp16 loss scaling; empty states for bf16 and fp32
     rng: dict[str, Any]
     path: Path
 
@@ -80,12 +81,14 @@ def _optimizer_state(prefix: str, tensors: dict[str, torch.Tensor], meta: str) -
     return {"state": state, "param_groups": info["param_groups"]}
 
 
-def rng_state() -> tuple[dict[str, torch.Tensor], str]:
-    """The torch (CPU and CUDA), numpy and Python RNG states, as tensors and JSON."""
+def rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], str]:
+    """The torch (CPU, and the training ``device`` if a GPU), numpy and Python RNG states, as tensors and JSON.
+
+    Only the training GPU's: reading every visible GPU's would open a context on each (and torchrun's processes
+    draw alike on their own GPUs)."""
     tensors = {"rng/torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng/cuda/{i}"] = state
+    if device.type == "cuda":
+        tensors["rng/cuda"] = torch.cuda.get_rng_state(device)
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     tensors["rng/numpy"] = torch.from_numpy(keys.astype(np.int64))
     version, internal, py_gauss = random.getstate()
@@ -93,12 +96,12 @@ def rng_state() -> tuple[dict[str, torch.Tensor], str]:
     return tensors, json.dumps(meta)
 
 
-def restore_rng(tensors: dict[str, torch.Tensor], meta: str) -> None:
+def restore_rng(tensors: dict[str, torch.Tensor], meta: str, device: torch.device) -> None:
+    """Set the RNGs ``rng_state`` saved; the GPU state goes to the training ``device`` (a CPU run skips it)."""
     info = json.loads(meta)
     torch.set_rng_state(tensors["rng/torch"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng/cuda/"))]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
+    if device.type == "cuda" and "rng/cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng/cuda"], device)
     kind, pos, has_gauss, gauss = info["numpy"]
     np.random.set_state((kind, tensors["rng/numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, py_gauss = info["python"]
@@ -106,6 +109,7 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: str) -> None:
 
 
 def checkpoint_path(folder: Path, step: int) -> Path:
+    """Where the checkpoint of iteration ``step`` lives in ``folder``."""
     return Path(folder) / f"step_{step:09d}.safetensors"
 
 
@@ -131,8 +135,10 @@ def save_checkpoint(
     model: nn.Module,
     optimizers: dict[str, torch.optim.Optimizer],
     schedulers: dict[str, Any],
+    scalers: dict[str, torch.amp.GradScaler],
     recipe_toml: str,
     data_info: dict[str, Any],
+    device: torch.device,
     keep: int = 3,
 ) -> Path:
     """Write a checkpoint atomically and delete all but the ``keep`` newest ones."""
@@ -145,7 +151,8 @@ def save_checkpoint(
         tensors.update(opt_tensors)
         metadata[f"optim/{name}"] = opt_meta
     metadata["schedulers"] = json.dumps({name: s.state_dict() for name, s in schedulers.items()})
-    rng_tensors, metadata["rng"] = rng_state()
+    metadata["scalers"] = json.dumps({name: s.state_dict() for name, s in scalers.items()})
+    rng_tensors, metadata["rng"] = rng_state(device)
     tensors.update(rng_tensors)
 
     target = checkpoint_path(folder, step)
@@ -201,6 +208,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
         model_state={k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")},
         optimizers=optimizers,
         schedulers=json.loads(metadata["schedulers"]),
+        scalers=json.loads(metadata.get("scalers", "{}")),  # older checkpoints: bf16/fp32 runs, nothing to restore
         rng=rng,
         path=path,
     )

@@ -45,7 +45,7 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             _fail(str(exc), 2)
         except (UnitkitError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as exc:
             _fail(str(exc), 1)
-        except KeyboardInterrupt:  # a second Ctrl-C while a checkpoint was being saved: leave at once
+        except KeyboardInterrupt:  # a second Ctrl-C: leave at once (training said which checkpoint is kept)
             _fail("interrupted", 130)
 
     return wrapper
@@ -415,7 +415,7 @@ def translate(
 
     plugins = plugins_with_warnings()
     try:
-        model, state = load_trained_model(checkpoint, plugins.registries, resolve_device(device))
+        model, state, _ = load_trained_model(checkpoint, plugins.registries, resolve_device(device))
         written = translate_path(model, state.data_info, input_path, output_dir, direction, overwrite)
     except ValueError as exc:
         raise UnitkitError(str(exc)) from exc

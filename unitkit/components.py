@@ -17,12 +17,17 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+#: File suffixes read as images: the inputs of ``unitkit translate`` and of the built-in image-folder dataset.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
 
 class Backbone(nn.Module):
     """A network that is an ordered list of blocks applied one after another.
 
     Weight sharing works on blocks: a sharing strategy ties block ``i`` of one domain's network to block ``i``
-    of the other's by putting the same module object in both lists. Subclasses fill ``self.blocks``.
+    of the other's by putting the same module object in both lists. Subclasses fill ``self.blocks``. Training
+    runs the blocks itself (a shared block once for both domains' images), so an overridden ``forward`` may check
+    its input but must compute what the blocks compute; the contract tests check it.
     """
 
     blocks: nn.ModuleList
@@ -141,6 +146,12 @@ class Logger:
 
     def log_image(self, step: int, name: str, path: str) -> None:
         """Called after an image (a sample grid) was written to ``path``; loggers may ignore it."""
+
+    def rewind(self, step: int) -> None:
+        """Called once before training: the run starts at ``step`` (0, or its checkpoint's step on a resume).
+        Anything logged after ``step`` came from iterations the checkpoint does not have (a crash lands between
+        checkpoints; a sweep restarts a variant stopped before its first checkpoint) and which the run now does
+        again. Drop it if you can, so that curves and best values describe one run."""
 
     def close(self) -> None:
         """Flush and release whatever the logger holds."""

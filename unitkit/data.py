@@ -20,11 +20,13 @@ def seeded_generator(seed: int, offset: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + offset)
 
 
-class ResumableBatches(torch.utils.data.Sampler[list[int]]):
-    """Endless batches of indices: a fresh permutation per epoch, fixed by (seed, epoch).
+class ResumableBatches(torch.utils.data.Sampler[list[tuple[int, int]]]):
+    """Endless batches of (index, item seed) pairs: a fresh permutation per epoch, fixed by (seed, epoch), and a
+    seed for each place in it that the item's random transforms draw from (see ``SeededItems``).
 
-    Because the order is a function of the seed alone, a run resumed at iteration ``start`` draws exactly the
-    batches the uninterrupted run would have drawn, without storing sampler state.
+    Because both are functions of the run's seed alone, a run resumed at iteration ``start`` draws exactly the
+    batches and augmentations the uninterrupted run would have drawn, without storing sampler state, whatever
+    the number of processes or data-loading workers.
     """
 
     def __init__(self, size: int, batch_size: int, seed: int, start: int = 0, shard: Shard = SINGLE_PROCESS) -> None:
@@ -32,10 +34,13 @@ class ResumableBatches(torch.utils.data.Sampler[list[int]]):
             raise ValueError("the dataset is empty")
         self.size, self.batch_size, self.seed, self.start, self.shard = size, batch_size, seed, start, shard
 
-    def _epoch(self, epoch: int) -> Tensor:
-        return torch.randperm(self.size, generator=seeded_generator(self.seed, epoch))
+    def _epoch(self, epoch: int) -> list[tuple[int, int]]:
+        generator = seeded_generator(self.seed, epoch)
+        order = torch.randperm(self.size, generator=generator)
+        seeds = torch.randint(2**62, (self.size,), generator=generator)
+        return list(zip(order.tolist(), seeds.tolist(), strict=True))
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         position = self.start * self.batch_size
         epoch, offset = divmod(position, self.size)
         order = self._epoch(epoch)
@@ -46,9 +51,29 @@ class ResumableBatches(torch.utils.data.Sampler[list[int]]):
                     epoch, offset = epoch + 1, 0
                     order = self._epoch(epoch)
                 take = min(self.batch_size - len(batch), self.size - offset)
-                batch.extend(order[offset : offset + take].tolist())
+                batch.extend(order[offset : offset + take])
                 offset += take
             yield batch[self.shard.slice(len(batch))]
+
+
+class SeededItems(Dataset):
+    """``dataset`` read by (index, seed): the item's random transforms draw from torch's RNG seeded with ``seed``.
+
+    Left to the global RNG, the processes of a torchrun run (seeded alike) would flip and crop the k-th image of
+    each one's slice the same way, and data-loading workers would draw from streams of their own.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
 
 
 def endless_images(
@@ -68,7 +93,7 @@ def endless_images(
     starts, so a resumed run's noise would differ from the uninterrupted run's.
     """
     loader = DataLoader(
-        dataset,
+        SeededItems(dataset),
         batch_sampler=ResumableBatches(len(dataset), batch_size, seed, start, shard),
         num_workers=num_workers,
         pin_memory=pin_memory,

@@ -65,40 +65,40 @@ def start(device: torch.device) -> tuple[Shard, torch.device]:
     return Shard(rank, world, local_rank), device
 
 
-class StopVote:
-    """Every process leaves the training loop at the same iteration when any of them was asked to stop.
+class Votes:
+    """Decisions every process of a run must take together, agreed by an all-reduce on the CPU (gloo).
 
     A signal reaches the processes of a run at different moments (torchrun forwards it one by one, a scheduler may
-    preempt one node first). A process that left the loop alone would leave the others waiting in their next
-    gradient all-reduce until a timeout, and no checkpoint would be written. So each iteration the processes
-    all-reduce their requests. The vote runs on the CPU (gloo), so a GPU run does not wait for its device; it
-    aligns the processes' CPU sides once per iteration, which their gradient all-reduces do anyway.
+    preempt one node first), and a NaN may appear in one process's loss only. A process that decided alone would
+    leave the others waiting in their next gradient all-reduce until a timeout, and no checkpoint would be
+    written. The votes run on a gloo group of their own: NCCL, the default group of a GPU run, cannot reduce CPU
+    tensors, and a vote on the CPU does not wait for the device.
     """
 
     def __init__(self, shard: Shard) -> None:
         self._group = dist.new_group(backend="gloo") if shard.world > 1 else None
 
-    def __call__(self, received: list[str]) -> str:
-        """The signal that stops the run ("SIGINT", "SIGTERM"), received here or by any other process; or ""."""
+    def _reduce(self, value: int, op: dist.ReduceOp) -> int:
         if self._group is None:
-            return received[0] if received else ""
-        vote = torch.tensor([signal.Signals[received[0]].value if received else 0])
-        dist.all_reduce(vote, op=dist.ReduceOp.MAX, group=self._group)
-        return signal.Signals(int(vote)).name if vote else ""
+            return value
+        vote = torch.tensor([value])
+        dist.all_reduce(vote, op=op, group=self._group)
+        return int(vote)
+
+    def stop(self, received: list[str]) -> str:
+        """The signal that stops the run ("SIGINT", "SIGTERM"), received here or by any other process; or ""."""
+        signum = self._reduce(signal.Signals[received[0]].value if received else 0, dist.ReduceOp.MAX)
+        return signal.Signals(signum).name if signum else ""
+
+    def everywhere(self, holds: bool) -> bool:
+        """Whether ``holds`` is true in every process of the run."""
+        return bool(self._reduce(int(holds), dist.ReduceOp.MIN))
 
     def barrier(self) -> None:
         """Wait until every process gets here. Called after the final save: a process that exits early, with
         143 after a signal, makes torchrun terminate the others, rank 0 included, within 30 seconds."""
         if self._group is not None:
             dist.barrier(group=self._group)
-
-
-def in_every_process(condition: torch.Tensor, processes: int) -> bool:
-    """Whether ``condition`` (a one-element boolean tensor) holds in each of the ``processes`` of the run."""
-    holds = condition.to(torch.int32)
-    if processes > 1:
-        dist.all_reduce(holds, op=dist.ReduceOp.MIN)
-    return bool(holds)
 
 
 def stop() -> None:

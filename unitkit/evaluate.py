@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import tomllib
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -14,7 +13,7 @@ from unitkit.components import DomainData
 from unitkit.data import build_data
 from unitkit.fid import InceptionFeatures, cached_features, frechet_distance, kernel_inception_distance
 from unitkit.model import UNIT, evaluation_mode
-from unitkit.recipe import Recipe, validate
+from unitkit.recipe import Recipe
 from unitkit.registry import Registries
 from unitkit.report import plot_confusions, read_log
 from unitkit.translate import load_trained_model
@@ -232,8 +231,7 @@ def evaluate_checkpoint(
     keyword arguments override those settings. With the run's ``log_path``, the best values of the periodic
     evaluations are added; with ``confusion_figure``, a domain-adaptation model's confusion matrices are drawn.
     """
-    model, state = load_trained_model(path, registries, device)
-    recipe = validate(tomllib.loads(state.recipe_toml), registries, origin=f"{path} (stored recipe)")
+    model, state, recipe = load_trained_model(path, registries, device)
     data = build_data(recipe, registries)
     results = {"iteration": state.step, **evaluate_run(model, data, device, confusion_figure)}
     results |= fid_kid_if_asked(model, data, device, recipe, fid=fid, inception=inception, max_images=max_images,

@@ -13,6 +13,7 @@ determinism under a seed. A generator is checked together with the encoder regis
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unitkit.components import Discriminator, DomainData, EncoderBackbone
+from unitkit.components import Backbone, Discriminator, DomainData, EncoderBackbone
 from unitkit.plugins import load_plugins
 from unitkit.recipe import settings_model
 from unitkit.registry import Entry, Registries
@@ -75,7 +76,18 @@ def _check_gradients(module: nn.Module, loss: torch.Tensor, what: str) -> None:
     assert not missing, f"{what}: no gradient reaches {missing[:5]}"
 
 
+def _check_forward_runs_the_blocks(backbone: Backbone, x: torch.Tensor, what: str) -> None:
+    """Training runs a backbone's blocks itself (a shared block once for both domains), so ``forward`` may add
+    checks but must compute what the blocks compute."""
+    expected = x
+    for block in backbone.blocks:
+        expected = block(expected)
+    assert torch.equal(backbone(x), expected), f"{what}: forward differs from applying its blocks in order"
+
+
 def check_encoder(entry: Entry) -> None:
+    """An encoder for 1 and 3 channels: latent shape, a positive deviation if it learns one, gradients to every
+    parameter, ``forward`` equal to its blocks, and the same weights under the same seed."""
     for channels in (1, 3):
         encoder = _build(entry, in_channels=channels)
         assert isinstance(encoder, EncoderBackbone), f"encoder {entry.name!r} must subclass unitkit.EncoderBackbone"
@@ -88,12 +100,15 @@ def check_encoder(entry: Entry) -> None:
         _, std = encoder.posterior(h)
         assert std is None or bool((std > 0).all()), f"encoder {entry.name!r}: a standard deviation is not positive"
         _check_gradients(encoder, h.square().mean(), f"encoder {entry.name!r}")
+        _check_forward_runs_the_blocks(encoder.eval(), x, f"encoder {entry.name!r}")
         first, second = _build(entry, in_channels=channels), _build(entry, in_channels=channels)
         same = torch.equal(first.eval()(x), second.eval()(x))
         assert same, f"encoder {entry.name!r} is not deterministic under a seed"
 
 
 def check_generator(entry: Entry, registries: Registries) -> None:
+    """A generator with the encoder of the same name: it maps codes back to the image's shape, inside [-1, 1],
+    with gradients to every parameter and ``forward`` equal to its blocks."""
     if entry.name not in registries.encoders:
         raise AssertionError(f"generator {entry.name!r} needs an encoder registered under the same name to be checked")
     encoder = _build(registries.encoders.get(entry.name), in_channels=3)
@@ -104,12 +119,15 @@ def check_generator(entry: Entry, registries: Registries) -> None:
     assert y.shape == x.shape, f"generator {entry.name!r} maps a {tuple(x.shape)} image to {tuple(y.shape)}"
     assert y.min() >= -1 and y.max() <= 1, f"generator {entry.name!r} output leaves [-1, 1]"
     _check_gradients(generator, y.mean(), f"generator {entry.name!r}")
+    _check_forward_runs_the_blocks(generator.eval(), encoder.eval().encode_mean(x), f"generator {entry.name!r}")
 
 
 def check_discriminator(entry: Entry) -> None:
+    """A discriminator: a list of per-image logits, gradients to every parameter, trunk paths that exist, and the
+    domain-adaptation parts if it exposes features. Tried at the contract size, then at 32x32 for a discriminator
+    that raises ValueError for other sizes."""
     discriminator = _build(entry, in_channels=3, num_classes=0)
-    size = CONTRACT_IMAGE_SIZE if "digits" not in entry.name else 32
-    x = torch.randn(2, 3, size, size)
+    x = torch.randn(2, 3, CONTRACT_IMAGE_SIZE, CONTRACT_IMAGE_SIZE)
     try:
         logits = discriminator(x)
     except ValueError:  # a discriminator for a fixed size says so; try the digits size
@@ -144,6 +162,7 @@ def _check_domain_adaptation_parts(entry: Entry, discriminator: Discriminator, x
 
 
 def check_gan_loss(entry: Entry) -> None:
+    """A GAN loss: scalar losses, lower for D when it tells real from fake, lower for G when it fools D."""
     loss = entry.factory()
     confident_real, confident_fake = torch.full((4, 1), 5.0), torch.full((4, 1), -5.0)
     good = loss.discriminator(confident_real, confident_fake)
@@ -158,6 +177,7 @@ def check_gan_loss(entry: Entry) -> None:
 
 
 def check_reconstruction_loss(entry: Entry) -> None:
+    """A reconstruction loss: zero for identical images, positive for different ones."""
     loss = entry.factory()
     x = torch.rand(2, 3, 8, 8) * 2 - 1
     assert float(loss(x, x)) == 0.0, "identical images must cost 0"
@@ -165,6 +185,8 @@ def check_reconstruction_loss(entry: Entry) -> None:
 
 
 def check_sharing_strategy(entry: Entry, registries: Registries) -> None:
+    """A sharing strategy, applied to the built-in ResNet encoders and generators for a 1- and a 3-channel domain:
+    block counts stay, and the networks still translate between the domains."""
     for backbone in ("resnet",):
         encoders = tuple(_build(registries.encoders.get(backbone), in_channels=c) for c in (1, 3))
         latent = encoders[0].latent_channels
@@ -179,6 +201,7 @@ def check_sharing_strategy(entry: Entry, registries: Registries) -> None:
 
 
 def check_dataset(entry: Entry, registries: Registries) -> None:
+    """A dataset that builds without settings: DomainData whose items have the declared shape, in [-1, 1]."""
     if not _defaults_ok(registries, "datasets", entry.name):
         return  # needs files (a root); its own tests cover it on real data
     data = entry.factory()
@@ -191,10 +214,14 @@ def check_dataset(entry: Entry, registries: Registries) -> None:
 
 
 def check_logger(entry: Entry) -> None:
+    """A logger takes scalars, an image path and a rewind (a resumed run), and closes."""
     with tempfile.TemporaryDirectory() as folder:
         logger = entry.factory(run_dir=Path(folder))
         logger.log_scalars(1, {"G/total": 1.0})
         logger.log_image(1, "samples", str(Path(folder) / "x.png"))
+        logger.log_scalars(2, {"G/total": 0.5})
+        logger.rewind(1)
+        logger.log_scalars(2, {"G/total": 0.4})
         logger.close()
 
 
@@ -215,7 +242,7 @@ def check_component(case: ContractCase, registries: Registries | None = None) ->
     checks[case.registry]()
 
 
-def contract_tests(plugin: str | None = None):
+def contract_tests(plugin: str | None = None) -> Callable[[ContractCase], None]:
     """A pytest test function parametrised over the components of ``plugin`` (all components when None)."""
     import pytest
 

@@ -16,7 +16,7 @@ import random
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +62,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global RNGs (the CPU's and every GPU's)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -79,6 +80,14 @@ def frozen(*modules: torch.nn.Module) -> Iterator[None]:
     finally:
         for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
+
+
+def rng_set_aside(device: torch.device) -> AbstractContextManager[None]:
+    """Evaluation and sample grids may draw from the global RNGs (data loaders' seeds, random transforms); inside
+    this block they leave training's random stream as it was. Otherwise a resumed run, which does not evaluate at
+    the iteration it starts from, would draw different noise than the uninterrupted run, and under torchrun rank
+    0's evaluations would leave the processes' RNGs disagreeing."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
 @contextmanager
@@ -167,7 +176,7 @@ class UnitStep:
     dtype: torch.dtype | None  # autocast dtype; None: fp32
     memory_format: torch.memory_format
     on_nonfinite: str
-    processes: int = 1  # under torchrun: how many train together
+    votes: distributed.Votes  # decisions all processes take together under torchrun
 
     def __call__(
         self, x_a: torch.Tensor, x_b: torch.Tensor, labels_a: torch.Tensor
@@ -198,12 +207,13 @@ class UnitStep:
         return terms, terms_d, skipped
 
     def autocast(self) -> torch.autocast:
+        """The recipe's mixed precision (``train.precision``) for a forward pass; off for fp32."""
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
 
     def update(self, name: str, loss: torch.Tensor) -> bool:
         """Backward and step one optimiser (loss scaling under fp16); False when a bad loss was skipped."""
         self.scalers[name].scale(loss).backward()
-        if not update_allowed(self.on_nonfinite, loss, self.processes):
+        if not update_allowed(self.on_nonfinite, loss, self.votes):
             return False
         self.scalers[name].step(self.optimizers[name])
         self.scalers[name].update()
@@ -269,7 +279,7 @@ def build_step(
         discriminator_pass = DistributedDataParallel(discriminator_pass, device_ids=ids)
     return UnitStep(
         model, generator_pass, discriminator_pass, gan, reconstruction, weights, optimizers, schedulers, scalers,
-        device, dtype, memory_format, cfg.on_nonfinite, shard.world,
+        device, dtype, memory_format, cfg.on_nonfinite, distributed.Votes(shard),
     )  # fmt: skip
 
 
@@ -323,9 +333,9 @@ def train(
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(state.optimizers[name])
             schedulers[name].load_state_dict(state.schedulers[name])
-            if state.schedulers.get(f"scaler/{name}"):
-                scalers[name].load_state_dict(state.schedulers[f"scaler/{name}"])
-        ckpt.restore_rng(state.rng["tensors"], state.rng["meta"])
+            if state.scalers.get(name):
+                scalers[name].load_state_dict(state.scalers[name])
+        ckpt.restore_rng(state.rng["tensors"], state.rng["meta"], device)
         step = state.step
         if shard.is_main:
             console.print(f"resumed from {state.path} at iteration {step:,}")
@@ -340,48 +350,51 @@ def train(
         if shard.is_main
         else []
     )
+    for logger in loggers:  # a resumed run redoes what came after its checkpoint; a fresh one starts empty
+        logger.rewind(step)
 
     def save() -> Path:
         path = ckpt.checkpoint_path(checkpoints, step)
         if shard.is_main:
-            with_scalers = {**schedulers, **{f"scaler/{name}": s for name, s in scalers.items()}}
-            ckpt.save_checkpoint(
-                checkpoints, step, model, optimizers, with_scalers, recipe.to_toml(), data_info, cfg.keep_checkpoints
-            )
+            ckpt.save_checkpoint(checkpoints, step, model, optimizers, schedulers, scalers, recipe.to_toml(), data_info,
+                                 device, cfg.keep_checkpoints)  # fmt: skip
         return path
 
     def samples() -> None:
         if not shard.is_main:
             return
-        path = sample_grid(model, fixed_a, fixed_b, run_dir / "samples" / f"step_{step:09d}.png")
+        with rng_set_aside(device):
+            path = sample_grid(model, fixed_a, fixed_b, run_dir / "samples" / f"step_{step:09d}.png")
         for logger in loggers:
             logger.log_image(step, "samples", str(path))
         plot_losses(run_dir / "log.jsonl", run_dir / "losses.png")
         write_index(run_dir, recipe.name, f"iteration {step:,} of {cfg.iterations:,}")
 
     def log_evaluation(results: dict[str, float]) -> dict[str, float]:
-        for logger in loggers:
+        for logger in loggers if results else []:
             logger.log_scalars(step, {f"eval/{k}": v for k, v in results.items()})
         return results
 
     def evaluate() -> dict[str, float]:
-        return log_evaluation(evaluate_run(model, data, device, run_dir / "confusion.png")) if shard.is_main else {}
+        if not shard.is_main:
+            return {}
+        with rng_set_aside(device):
+            return log_evaluation(evaluate_run(model, data, device, run_dir / "confusion.png"))
 
     start_step, started = step, time.perf_counter()
     progress = _progress(console) if show_progress and shard.is_main else None
     task = progress.add_task(recipe.name, total=cfg.iterations, completed=step, speed="", losses="") if progress else 0
-    interrupted, stopped_by, skipped_updates = "", "", 0
+    stopped_by, skipped_updates = "", 0
     model.train()
     with ExitStack() as cleanup:
         cleanup.callback(distributed.stop)
         for logger in loggers:
             cleanup.callback(logger.close)
         stop = cleanup.enter_context(stop_requests())
-        anyone_stops = distributed.StopVote(shard)
         if progress:
             cleanup.enter_context(progress)
         try:
-            while step < cfg.iterations and not (stopped_by := anyone_stops(stop)):
+            while step < cfg.iterations and not (stopped_by := unit.votes.stop(stop)):
                 with out_of_memory_advice(cfg.batch_size, data.image_size, device):
                     (x_a, labels_a), (x_b, _) = next(stream_a), next(stream_b)
                     terms, terms_d, skipped = unit(x_a, x_b, labels_a)
@@ -390,7 +403,7 @@ def train(
 
                 # Bookkeeping. Reading a loss synchronises with the device, so it happens only at log steps.
                 if step % cfg.log_every == 0 or step == cfg.iterations or step % cfg.checkpoint_every == 0:
-                    scalars = losses_as_floats(terms, terms_d, step, cfg.on_nonfinite, shard.world)
+                    scalars = losses_as_floats(terms, terms_d, step, cfg.on_nonfinite, unit.votes)
                     scalars["lr"] = optimizers["generator"].param_groups[0]["lr"]
                     scalars["skipped_updates"] = skipped_updates
                     for logger in loggers:
@@ -407,18 +420,22 @@ def train(
                     evaluate()
                 if step % cfg.sample_every == 0:  # after the evaluation, which the loss plot then shows
                     samples()
-        except KeyboardInterrupt:
-            interrupted = "SIGINT"
+        except KeyboardInterrupt:  # a second Ctrl-C: it may have landed mid-update, so nothing is saved
+            if shard.is_main:
+                kept = ckpt.list_checkpoints(checkpoints)
+                console.print(f"[yellow]left at once[/]; the newest checkpoint is {kept[-1] if kept else 'none'}")
+            raise
         path = save()
         samples()
-        anyone_stops.barrier()
+        unit.votes.barrier()
         unreadable = sum(getattr(d, "skipped", 0) for d in (data.train_a, data.train_b))
         if unreadable and shard.is_main:
             console.print(f"[yellow]skipped {unreadable} unreadable image file(s)[/] (data.bad_files = 'skip')")
             for logger in loggers:
                 logger.log_scalars(step, {"data/skipped_files": unreadable})
-        if not interrupted:  # a signal to any process in the loop, or to rank 0 in the final save
-            interrupted = stopped_by or (stop[0] if stop and shard.is_main else "")  # a resumed run evaluates
+        # A signal to any process in the loop, or to rank 0 in the final save, leaves the evaluation to the
+        # resumed run.
+        interrupted = stopped_by or (stop[0] if stop and shard.is_main else "")
         if not interrupted and shard.is_main:
             results = evaluate()
             try:
@@ -435,13 +452,13 @@ def train(
     return RunResult(run_dir, step, path, time.perf_counter() - started, interrupted, skipped_updates)
 
 
-def update_allowed(policy: str, loss: torch.Tensor, processes: int = 1) -> bool:
+def update_allowed(policy: str, loss: torch.Tensor, votes: distributed.Votes) -> bool:
     """With ``on_nonfinite = "skip"``, refuse an update whose loss is NaN or infinite (a sync per step).
 
     Under torchrun the gradients were averaged across processes, so one process's NaN spoils them all: every
     process skips when any loss is non-finite.
     """
-    return policy != "skip" or distributed.in_every_process(torch.isfinite(loss.detach()), processes)
+    return policy != "skip" or votes.everywhere(bool(torch.isfinite(loss.detach())))
 
 
 @contextmanager
@@ -457,7 +474,11 @@ def out_of_memory_advice(batch_size: int, image_size: int, device: torch.device)
 
 
 def losses_as_floats(
-    terms: dict[str, torch.Tensor], terms_d: dict[str, torch.Tensor], step: int, policy: str, processes: int = 1
+    terms: dict[str, torch.Tensor],
+    terms_d: dict[str, torch.Tensor],
+    step: int,
+    policy: str,
+    votes: distributed.Votes,
 ) -> dict[str, float]:
     """The losses as floats; under the "stop" policy a non-finite one stops the run, naming term and iteration.
 
@@ -467,10 +488,10 @@ def losses_as_floats(
     scalars = {f"G/{k}": v.item() for k, v in terms.items()} | {f"D/{k}": v.item() for k, v in terms_d.items()}
     if policy == "stop":
         bad = [name for name, value in scalars.items() if not math.isfinite(value)]
-        if not distributed.in_every_process(torch.tensor(not bad), processes):
+        if not votes.everywhere(not bad):
             what = f"loss {bad[0]} became {scalars[bad[0]]}" if bad else "a loss of another process became non-finite"
             raise TrainingError(
-                f"{what} at iteration {step:,}; the run stopped, its last good checkpoint is kept. Lower train.lr, "
-                "or check the data"
+                f"{what} by iteration {step:,} (losses are read at log steps); the run stopped, its last good "
+                "checkpoint is kept. Lower train.lr, or check the data"
             )
     return scalars

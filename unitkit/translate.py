@@ -2,31 +2,31 @@
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
-import tomllib
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
 from unitkit.checkpoint import Checkpoint, load_model_state, read_checkpoint
+from unitkit.components import IMAGE_SUFFIXES
 from unitkit.model import UNIT, build_model
-from unitkit.recipe import validate
+from unitkit.recipe import Recipe, validate
 from unitkit.registry import Registries
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
-
-def load_trained_model(path: Path, registries: Registries, device: torch.device) -> tuple[UNIT, Checkpoint]:
-    """Rebuild the model a checkpoint was trained with (from the recipe stored inside it) and load its weights."""
+def load_trained_model(path: Path, registries: Registries, device: torch.device) -> tuple[UNIT, Checkpoint, Recipe]:
+    """Rebuild the model a checkpoint was trained with (from the recipe stored inside it) and load its weights;
+    returns the model, the checkpoint and that recipe."""
     state = read_checkpoint(path)
     recipe = validate(tomllib.loads(state.recipe_toml), registries, origin=f"{path} (stored recipe)")
     info = state.data_info
     model = build_model(recipe, registries, tuple(info["channels"]), num_classes=info.get("head_classes", 0))
     load_model_state(model, state.model_state, path)
-    return model.to(device).eval(), state
+    return model.to(device).eval(), state, recipe
 
 
 def image_files(source: Path) -> Iterator[Path]:
@@ -91,5 +91,5 @@ def translate_path(
         result.save(out)
         written.append(out)
     if not written:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {source_path}")
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {source_path}")
     return written

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import time
 from pathlib import Path
 
@@ -25,5 +27,22 @@ class JsonlLogger(Logger):
         self._file.write(json.dumps({"step": step, "image": name, "path": str(path)}) + "\n")
         self._file.flush()
 
+    def rewind(self, step: int) -> None:
+        self._file.close()
+        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+                if _step_of(line) <= step]  # fmt: skip
+        temporary = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        temporary.write_text("".join(kept), encoding="utf-8")
+        temporary.replace(self.path)
+        self._file = self.path.open("a", encoding="utf-8")
+
     def close(self) -> None:
         self._file.close()
+
+
+def _step_of(line: str) -> float:
+    """The step of a log line; infinite for a torn line (a crash mid-write), which is dropped."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
