@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from unitkit import DomainData
 from unitkit.builtin.datasets import SHAPES, digit_domain, mnist_usps, svhn_mnist, synthetic, unpaired_folders
@@ -159,6 +160,21 @@ def test_folders_skip_unreadable_files(folders: Path) -> None:
     assert len(data.train_a) == 9 and data.train_a.skipped == 0
     check_items(data, 3, 16, count=9)
     assert data.train_a.skipped == 2
+
+
+def test_unreadable_files_met_by_loading_workers_are_counted(folders: Path) -> None:
+    add_bad_files(folders / "trainA")
+    data = unpaired_folders(str(folders), image_size=16)
+    for _ in DataLoader(data.train_a, batch_size=3, num_workers=2):
+        pass
+    assert data.train_a.skipped == 2
+
+
+def test_an_unreadable_file_of_a_paired_test_set_is_an_error(folders: Path) -> None:
+    (folders / "testA" / "0002.jpg").write_text("broken")
+    data = unpaired_folders(str(folders), image_size=16)
+    with pytest.raises(ValueError, match="0002.jpg"):
+        data.test_a[1]  # skipping it would compare 0003's translation with 0002's ground truth
 
 
 def test_folders_raise_on_unreadable_files(folders: Path) -> None:

@@ -86,16 +86,23 @@ def test_missing_inception_network_says_how_to_provide_it(monkeypatch, tmp_path)
 def test_feature_cache_computes_once_per_key(tmp_path):
     calls = []
 
-    def compute():
+    def compute():  # each computation gives other features, so a cache hit shows
         calls.append(1)
-        return torch.arange(6, dtype=torch.float64).reshape(2, 3)
+        return torch.full((2, 3), float(len(calls)), dtype=torch.float64)
 
     first = cached_features({"data": "x", "images": 2}, compute, tmp_path)
     again = cached_features({"images": 2, "data": "x"}, compute, tmp_path)
     other = cached_features({"data": "y", "images": 2}, compute, tmp_path)
     assert len(calls) == 2
-    torch.testing.assert_close(first, again)
-    torch.testing.assert_close(first, other)
+    torch.testing.assert_close(again, first)  # read back from the file, not computed again
+    assert float(other[0, 0]) == 2.0
+
+
+def test_a_feature_cache_that_cannot_be_written_only_costs_time(tmp_path):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    features = cached_features({"data": "x"}, lambda: torch.ones(2, 3), blocked)
+    torch.testing.assert_close(features, torch.ones(2, 3))
 
 
 def test_the_shipped_fid_network_gives_2048_features():

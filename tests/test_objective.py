@@ -250,6 +250,22 @@ def test_translations_alone_are_fakes_without_fake_reconstructions(digits):
     torch.testing.assert_close(terms["gan"], expected)
 
 
+def test_without_the_gan_term_the_discriminators_see_no_fakes(digits):
+    model, weights, t = digits("objective.gan=0.0")
+    images = {"a": 0, "b": 0}
+    for domain in images:  # at the stems, which every pass (forward, features) goes through
+        model.discriminator(domain).stem.register_forward_hook(
+            lambda module, args, output, domain=domain: images.__setitem__(domain, images[domain] + len(args[0]))
+        )
+    labels = torch.tensor([0, 3, 9, 3])
+    terms = discriminator_loss(model, t, VanillaGAN(), weights, labels)
+    assert set(terms) == {"classify", "feature", "total"}
+    # the classifier's real A images, the feature term's translations and reconstructions, and no other fakes
+    assert images == {"a": 3 * len(t.x_a), "b": 2 * len(t.x_b)}
+    expected = 10 * F.cross_entropy(model.dis_a.classify(model.dis_a.features(t.x_a)), labels)
+    torch.testing.assert_close(terms["classify"], expected)
+
+
 def test_classify_without_labels_is_an_error(digits):
     model, weights, t = digits()
     with pytest.raises(ValueError, match="labels of the domain-A batch"):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
-from unitkit.recipe import RecipeError, load_recipe, parse_override, validate
+from unitkit.recipe import RecipeError, apply_overrides, load_recipe, parse_override, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,3 +137,21 @@ def test_every_shipped_recipe_and_ablation_validates(recipe):
 
     for name in ["", *ablation_names(recipe)]:
         load_recipe(recipe, registries, ablation=name)
+
+
+@pytest.mark.parametrize(
+    "base, overrides, expected",
+    [
+        # an ablation table may list a setting before the kind it belongs to
+        ({"kind": "none"}, {"model.sharing.encoder_blocks": 2, "model.sharing.kind": "shared-latent"},
+         {"kind": "shared-latent", "encoder_blocks": 2}),
+        # a table without a kind has the schema's default kind: naming that kind keeps its settings
+        ({"encoder_blocks": 2}, {"model.sharing.kind": "shared-latent"},
+         {"kind": "shared-latent", "encoder_blocks": 2}),
+        # another kind drops them: they belong to the old kind
+        ({"encoder_blocks": 2}, {"model.sharing.kind": "none"}, {"kind": "none"}),
+    ],
+)  # fmt: skip
+def test_overriding_a_kind_keeps_exactly_the_settings_of_the_new_kind(base, overrides, expected):
+    recipe = apply_overrides({"model": {"sharing": base}}, overrides, "test")
+    assert recipe["model"]["sharing"] == expected

@@ -11,6 +11,7 @@ Features of real test images depend only on the data and the network, so they ar
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -30,7 +31,6 @@ from unitkit.errors import UnitkitError
 
 INCEPTION_ENV = "UNITKIT_INCEPTION"
 INCEPTION_SIZE = 299
-FEATURE_DIM = 2048
 #: Bump when InceptionFeatures prepares images differently, so cached real-image features are recomputed.
 PREPROCESSING_VERSION = 1
 
@@ -121,10 +121,16 @@ def cached_features(key: dict, compute: Callable[[], Tensor], cache_dir: Path | 
     if path.is_file():
         return load_file(path)["features"]
     features = compute()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    save_file({"features": features.contiguous()}, partial, metadata={"key": json.dumps(key, default=str)})
-    partial.replace(path)
+    # Variants of a parallel sweep compute the same real-image features at the same time: each writes a temporary
+    # file of its own. A cache that cannot be written costs only time.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        save_file({"features": features.contiguous()}, partial, metadata={"key": json.dumps(key, default=str)})
+        partial.replace(path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
     return features
 
 

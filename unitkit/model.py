@@ -146,6 +146,8 @@ class ParameterReport:
 
 
 def parameter_report(model: UNIT) -> ParameterReport:
+    """Parameters per network, the totals of the encoders + generators and of the discriminators (a shared tensor
+    counted once), and what sharing saves on each side."""
     nets = {
         "E_a": model.enc_a, "E_b": model.enc_b, "G_a": model.gen_a, "G_b": model.gen_b,
         "D_a": model.dis_a, "D_b": model.dis_b,
@@ -230,10 +232,8 @@ def check_shapes(model: UNIT, channels: tuple[int, int], image_size: int) -> Non
         raise RecipeError(
             f"[data] image_size = {image_size} is not divisible by {model.size_multiple}, the encoder's downsampling"
         )
-    with torch.no_grad():
-        x = [torch.zeros(1, c, image_size, image_size) for c in channels]
-        training = model.training
-        model.eval()
+    x = [torch.zeros(1, c, image_size, image_size) for c in channels]
+    with evaluation_mode(model):
         try:
             (h_a, _), (h_b, _) = model.posteriors(*x)
             for domain, h, c in (("a", h_b, channels[0]), ("b", h_a, channels[1])):
@@ -252,5 +252,3 @@ def check_shapes(model: UNIT, channels: tuple[int, int], image_size: int) -> Non
                     raise RecipeError(message) from exc
         except RuntimeError as exc:
             raise RecipeError(f"[model] encoder, generator and data do not fit together: {exc}") from exc
-        finally:
-            model.train(training)

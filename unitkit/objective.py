@@ -2,6 +2,8 @@
 
 Paper notation → recipe names: λ0 ``gan``, λ1 ``kl``, λ2 ``recon``, λ3 ``kl_cycle``, λ4 ``cycle``. A weight of
 zero skips the computation its term needs (a decode, an encode, a discriminator pass), not only its value.
+``kl_cycle`` is the KL of the cycle's codes, as in the reference code; the paper's eq. 5 also puts λ3 on the KL of
+the first code, which ``kl`` weighs already.
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ def translate_both(
 
 
 def adversarial_generator(gan: GANLoss, logits: list[Tensor]) -> Tensor:
+    """The generator's loss on D's logits for fakes, summed over D's scales."""
     return sum((gan.generator(scale) for scale in logits), start=logits[0].new_zeros(()))
 
 
@@ -109,6 +112,7 @@ def fooling(gan: GANLoss, discriminator: torch.nn.Module, fakes: list[Tensor]) -
 
 
 def adversarial_discriminator(gan: GANLoss, real: list[Tensor], fake: list[Tensor]) -> Tensor:
+    """D's loss on its logits for real and for fake images, summed over its scales."""
     return sum((gan.discriminator(r, f) for r, f in zip(real, fake, strict=True)), start=real[0].new_zeros(()))
 
 
@@ -138,26 +142,28 @@ def discriminator_loss(
     classifier terms; the feature term takes its own pass with dropout off, as the digits code does.
     """
     terms: dict[str, Tensor] = {}
-    gan_loss = t.x_a.new_zeros(())
-    real_features = {}
-    for domain, real, translation, recon in (("a", t.x_a, t.ba, t.recon_a), ("b", t.x_b, t.ab, t.recon_b)):
-        dis = model.discriminator(domain)
-        n = len(real)
-        # One pass over real and fake images: a larger batch is faster, and D scores each image on its own.
-        batch = torch.cat([real, translation, recon] if weights.fake_reconstructions else [real, translation])
-        if weights.classify:
-            trunk = dis.features(batch.detach())
-            real_features[domain] = trunk[:n]
-            logits = dis.score(trunk)
-        else:
-            logits = dis(batch.detach())
-        gan_loss = gan_loss + adversarial_discriminator(gan, [s[:n] for s in logits], [s[n:] for s in logits])
+    if weights.classify and labels_a is None:
+        raise ValueError("objective.classify needs the labels of the domain-A batch")
     if weights.gan:
+        gan_loss = t.x_a.new_zeros(())
+        for domain, real, translation, recon in (("a", t.x_a, t.ba, t.recon_a), ("b", t.x_b, t.ab, t.recon_b)):
+            dis = model.discriminator(domain)
+            n = len(real)
+            # One pass over real and fake images: a larger batch is faster, and D scores each image on its own.
+            fakes = [translation, recon] if weights.fake_reconstructions else [translation]
+            batch = torch.cat([real, *fakes]).detach()
+            if weights.classify and domain == "a":  # the trunk's pass serves the classifier too
+                trunk = dis.features(batch)
+                real_features_a = trunk[:n]
+                logits = dis.score(trunk)
+            else:
+                logits = dis(batch)
+            gan_loss = gan_loss + adversarial_discriminator(gan, [s[:n] for s in logits], [s[n:] for s in logits])
         terms["gan"] = weights.gan * gan_loss
+    elif weights.classify:
+        real_features_a = model.dis_a.features(t.x_a.detach())
     if weights.classify:
-        if labels_a is None:
-            raise ValueError("objective.classify needs the labels of the domain-A batch")
-        logits = model.dis_a.classify(real_features["a"])
+        logits = model.dis_a.classify(real_features_a)
         terms["classify"] = weights.classify * torch.nn.functional.cross_entropy(logits.float(), labels_a)
     if weights.feature:
         # Dropout (0.5 on the digits trunk) would turn most of this distance into noise whose minimum is

@@ -13,13 +13,13 @@ import difflib
 import inspect
 import os
 import re
+import tomllib
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pydantic
 import tomli_w
-import tomllib
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from unitkit.registry import KIND_LABELS, PROVIDED_ARGUMENTS, Registries
@@ -251,10 +251,12 @@ def apply_overrides(recipe: dict[str, Any], overrides: dict[str, Any], origin: s
     """Return a copy of ``recipe`` with dotted-key ``overrides`` applied.
 
     Setting a component's ``kind`` to a different kind drops the old kind's settings from the base recipe
-    (they belong to the old kind); later overrides may set the new kind's settings.
+    (they belong to the old kind, the schema's default kind where the table names none). Kinds are set first, so
+    the settings given beside a new kind, in any order, are kept.
     """
     result = copy.deepcopy(recipe)
-    for dotted, value in overrides.items():
+    kinds_first = sorted(overrides.items(), key=lambda item: item[0].rsplit(".", 1)[-1] != "kind")
+    for dotted, value in kinds_first:
         *parents, leaf = dotted.split(".")
         node = result
         for depth, part in enumerate(parents):
@@ -263,7 +265,8 @@ def apply_overrides(recipe: dict[str, Any], overrides: dict[str, Any], origin: s
                 where = ".".join(parents[: depth + 1])
                 raise RecipeError(f"{origin}: cannot set {dotted!r}: {where!r} is a value, not a table")
             node = child
-        if leaf == "kind" and node.get("kind") != value:
+        table = tuple(parents)
+        if leaf == "kind" and node.get("kind", _default_kind(table) if table in COMPONENT_TABLES else "") != value:
             node.clear()
         node[leaf] = value
     return result

@@ -6,6 +6,7 @@ Every factory returns a :class:`unitkit.DomainData` whose items are ``(image, la
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Literal
@@ -20,7 +21,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.datasets import MNIST, SVHN, USPS
 
-from unitkit import DomainData
+from unitkit import IMAGE_SUFFIXES, DomainData
 
 PositiveInt = Annotated[int, Field(ge=1)]
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, as PIL's convert("L") uses
@@ -137,7 +138,6 @@ def synthetic(
 
 # ------------------------------------------------------------------------------------------ image folders
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # What PIL raises on truncated or non-image files (some decoders raise SyntaxError or ValueError).
 _UNREADABLE = (OSError, SyntaxError, ValueError)
 
@@ -169,12 +169,13 @@ class ImageFiles(Dataset):
 
     def __init__(self, paths: Sequence[Path], transform: Callable, mode: str, bad_files: str = "skip") -> None:
         self.paths, self.transform, self.mode, self.bad_files = list(paths), transform, mode, bad_files
-        self._bad: set[int] = set()
+        # One flag per file in shared memory: data-loading workers mark what they meet, the trainer counts it.
+        self._bad = multiprocessing.Array("b", len(self.paths), lock=False)
 
     @property
     def skipped(self) -> int:
-        """Number of unreadable files met so far (in this process: DataLoader workers keep their own count)."""
-        return len(self._bad)
+        """Number of unreadable files met so far, by this process and its data-loading workers."""
+        return sum(self._bad)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -182,14 +183,14 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         for step in range(len(self.paths)):
             i = (index + step) % len(self.paths)
-            if i in self._bad:
+            if self._bad[i]:
                 continue
             try:
                 image = _load_image(self.paths[i], self.mode)
             except _UNREADABLE as error:
                 if self.bad_files == "error":
                     raise ValueError(f"cannot read image {self.paths[i]}: {error}") from error
-                self._bad.add(i)
+                self._bad[i] = 1
                 continue
             return self.transform(image), -1
         raise ValueError(f"none of the {len(self.paths)} files in {self.paths[0].parent} is a readable image")
@@ -240,10 +241,12 @@ def unpaired_folders(
     if paired_test == "yes" and not same_stems:
         raise ValueError(f"paired_test='yes' but {base}/testA and {base}/testB do not hold the same file stems")
     mode = "RGB" if channels == 3 else "L"
+    paired = same_stems and paired_test != "no"
 
     def domain(split: str, train: bool) -> ImageFiles:
         transform = _folder_transform(image_size, load_size, crop, flip, channels, train)
-        return ImageFiles(files[split], transform, mode, bad_files)
+        # Skipping a file of a paired test set would pair the next image with the wrong ground truth.
+        return ImageFiles(files[split], transform, mode, bad_files if train or not paired else "error")
 
     return DomainData(
         train_a=domain("trainA", True),
@@ -252,7 +255,7 @@ def unpaired_folders(
         test_b=domain("testB", False),
         channels=(channels, channels),
         image_size=image_size,
-        paired_test=same_stems and paired_test != "no",
+        paired_test=paired,
     )
 
 
