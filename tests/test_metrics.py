@@ -131,6 +131,22 @@ def test_the_pixel_accuracy_floor_paints_the_median_training_colour():
     assert pixel_accuracy(colour.expand_as(images), images) == pytest.approx(3 / 5)
 
 
+def test_the_floor_is_the_same_at_every_evaluation_of_augmented_training_images():
+    from unitkit.evaluate import median_colour
+
+    class RandomlyShaded(torch.utils.data.Dataset):  # like a random crop: each read differs
+        def __len__(self):
+            return 9
+
+        def __getitem__(self, index):
+            return torch.rand(3, 2, 2) * 2 - 1, 0
+
+    torch.manual_seed(1)
+    first = median_colour(RandomlyShaded())
+    torch.manual_seed(2)
+    assert torch.equal(median_colour(RandomlyShaded()), first)
+
+
 def test_translation_accuracy_reads_b_translated_to_a_with_a_s_classifier(tmp_path, registries):
     from conftest import TINY_DIGITS
     from torch.utils.data import Subset

@@ -52,6 +52,17 @@ def test_resume_is_bit_exact(tiny_recipe, tmp_path):
     assert torch.equal(straight.rng["tensors"]["rng/torch"], resumed.rng["tensors"]["rng/torch"])
 
 
+def test_loss_scaler_state_survives_a_checkpoint(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    optimizers = {"generator": torch.optim.Adam(model.parameters())}
+    scalers = {"generator": torch.amp.GradScaler("cpu", init_scale=1024.0)}
+    ckpt.save_checkpoint(tmp_path, 1, model, optimizers, {}, scalers, "", {}, torch.device("cpu"))
+    state = ckpt.read_checkpoint(ckpt.checkpoint_path(tmp_path, 1))
+    restored = torch.amp.GradScaler("cpu")
+    restored.load_state_dict(state.scalers["generator"])
+    assert restored.get_scale() == 1024.0
+
+
 def test_a_resumed_run_drops_what_was_logged_after_its_checkpoint(tiny_recipe, tmp_path):
     """After a crash between checkpoints, the log must not hold the lost iterations beside their redone ones."""
     common = ["train.iterations=4", "train.checkpoint_every=2", "train.log_every=1", "train.eval_every=1"]

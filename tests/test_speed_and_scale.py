@@ -38,6 +38,16 @@ def test_augmentation_draws_follow_the_image_not_the_process_or_worker(shard, wo
     assert torch.equal(draws, one_process[0][shard.slice(16)])
 
 
+def test_seeding_each_image_leaves_the_gpus_random_streams_alone(monkeypatch):
+    """Training noise on a GPU comes from the GPU's generator; reseeding it per image would tie it to the data."""
+
+    def reseeded(seed):
+        raise AssertionError("a GPU generator was reseeded while loading images")
+
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded)
+    next(endless_images(RandomDraws(), 4, seed=0, start=0, num_workers=0, pin_memory=False))
+
+
 def losses(tiny_recipe, run_dir, *overrides):
     registries = load_plugins(autoload=False).registries
     recipe = load_recipe(tiny_recipe, registries, ["train.iterations=3", "train.sample_every=100", *overrides])

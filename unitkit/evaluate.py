@@ -36,8 +36,13 @@ def pixel_accuracy(prediction: Tensor, target: Tensor, tolerance: int = PIXEL_TO
 
 
 def median_colour(dataset: Dataset, limit: int = 256) -> Tensor:
-    """The per-channel median of the first ``limit`` images of a dataset, shape (C, 1, 1)."""
-    images = torch.stack([dataset[i][0] for i in range(min(limit, len(dataset)))])
+    """The per-channel median of the first ``limit`` images of a dataset, shape (C, 1, 1).
+
+    Training sets apply random flips and crops; a fixed seed makes the floor the same at every evaluation.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(0)
+        images = torch.stack([dataset[i][0] for i in range(min(limit, len(dataset)))])
     return images.transpose(0, 1).flatten(1).median(dim=1).values.view(-1, 1, 1)
 
 

@@ -217,14 +217,15 @@ def unpaired_folders(
     bad_files: Literal["skip", "error"] = "skip",
     paired_test: Literal["auto", "yes", "no"] = "auto",
 ) -> DomainData:
-    """Image folders in the CycleGAN layout root/trainA, trainB, testA, testB (any size, png/jpg/bmp/webp).
+    """Image folders in the CycleGAN layout root/trainA, trainB, testA, testB (any size; ``IMAGE_SUFFIXES``).
 
     Images are resized so the shorter side is ``load_size`` (0: ``image_size``) and cropped to ``image_size``
     (random crop in train with ``crop="random"``, centre crop otherwise); ``crop="none"`` instead squashes the
     whole image to image_size x image_size in train and test. Train images are flipped at random if ``flip``.
     Test items are aligned by file stem. ``paired_test="auto"`` calls the test set paired when testA and testB
     hold the same stems (as in maps, facades); set ``"no"`` for unpaired sets that merely share file names
-    (cifar_cat2dog numbers both folders 0000...), or ``"yes"`` to insist on pairs.
+    (cifar_cat2dog numbers both folders 0000...), or ``"yes"`` to insist on pairs. Every image of a paired test
+    set is read once here: an unreadable one is an error, since skipping it would shift the pairs.
     """
     base = Path(root).expanduser()
     if not base.is_dir():
@@ -243,10 +244,18 @@ def unpaired_folders(
     mode = "RGB" if channels == 3 else "L"
     paired = same_stems and paired_test != "no"
 
+    if paired:  # skipping a file of a paired test set would pair the next image with the wrong ground truth
+        for path in files["testA"] + files["testB"]:
+            try:
+                _load_image(path, mode)
+            except _UNREADABLE as error:
+                raise ValueError(
+                    f"cannot read {path} ({error}) of the paired test set; fix it, or remove it and its pair"
+                ) from error
+
     def domain(split: str, train: bool) -> ImageFiles:
         transform = _folder_transform(image_size, load_size, crop, flip, channels, train)
-        # Skipping a file of a paired test set would pair the next image with the wrong ground truth.
-        return ImageFiles(files[split], transform, mode, bad_files if train or not paired else "error")
+        return ImageFiles(files[split], transform, mode, bad_files)
 
     return DomainData(
         train_a=domain("trainA", True),

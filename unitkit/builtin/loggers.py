@@ -41,7 +41,9 @@ class JsonlLogger(Logger):
 
 
 def _step_of(line: str) -> float:
-    """The step of a log line; infinite for a torn line (a crash mid-write), which is dropped."""
+    """The step of a log line; infinite for a torn line (a crash mid-write, no newline), which is dropped."""
+    if not line.endswith("\n"):
+        return math.inf
     try:
         return json.loads(line)["step"]
     except (json.JSONDecodeError, KeyError, TypeError):
