@@ -142,7 +142,12 @@ def main() -> None:
         print(json.dumps(measure(*args.child, args.threads, args.warmup, args.timed, args.device)), flush=True)
         return
     ceiling = matmul_flops(args.threads)
+    import torch
+
+    # bf16 autocast runs on oneDNN kernels where the CPU has them (AVX-512, AMX) and is emulated elsewhere
     print(json.dumps({"machine": platform.processor() or platform.machine(), "threads": args.threads,
+                      "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                      "cpu_bf16_kernels": torch.ops.mkldnn._is_mkldnn_bf16_supported(),
                       "matmul_fp32_gflops": round(ceiling / 1e9, 1)}), flush=True)  # fmt: skip
     for name in args.only or CONFIGS:
         for switch in args.switches or SWITCHES:

@@ -14,7 +14,7 @@ from unitkit.data import endless_images
 from unitkit.distributed import Shard
 from unitkit.plugins import load_plugins
 from unitkit.recipe import load_recipe
-from unitkit.train import autocast_dtype, train
+from unitkit.train import autocast_dtype, emulated_precision, train
 
 
 class RandomDraws(Dataset):
@@ -72,6 +72,21 @@ def test_bf16_autocast_matches_fp32_within_tolerance(tiny_recipe, tmp_path):
     compare(
         losses(tiny_recipe, tmp_path / "fp32"), losses(tiny_recipe, tmp_path / "bf16", "train.precision=bf16"), 0.05
     )
+
+
+@pytest.mark.parametrize("has_kernels", [False, True])
+def test_bf16_on_a_cpu_that_emulates_it_warns_before_training(tiny_recipe, tmp_path, monkeypatch, has_kernels):
+    """On an AVX2-only CPU bf16 autocast made the digits iteration 15x slower than fp32, with no sign why."""
+    from rich.console import Console
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: has_kernels)
+    registries = load_plugins(autoload=False).registries
+    recipe = load_recipe(tiny_recipe, registries, ["train.iterations=1", "train.precision=bf16"])
+    console = Console(record=True, width=300)
+    train(recipe, registries, tmp_path / "run", console=console, show_progress=False)
+    warned = "autocast emulates it" in console.export_text()
+    assert warned != has_kernels
+    assert emulated_precision(None, torch.device("cpu")) is None
 
 
 def test_channels_last_matches_contiguous(tiny_recipe, tmp_path):

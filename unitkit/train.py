@@ -153,6 +153,22 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def emulated_precision(dtype: torch.dtype | None, device: torch.device) -> str | None:
+    """Why ``dtype`` autocast would be slow on ``device``: a CPU without oneDNN kernels for it emulates the type.
+
+    Measured on an AVX2-only CPU (2 cores), the MNIST->USPS iteration took 195 s in bf16 against 13 s in fp32.
+    """
+    kernels = {torch.bfloat16: ("bf16", torch.ops.mkldnn._is_mkldnn_bf16_supported),
+               torch.float16: ("fp16", torch.ops.mkldnn._is_mkldnn_fp16_supported)}  # fmt: skip
+    if device.type != "cpu" or dtype not in kernels or kernels[dtype][1]():
+        return None
+    name, capability = kernels[dtype][0], torch.backends.cpu.get_cpu_capability()
+    return (
+        f"train.precision = {name!r} on a CPU without {name} kernels (torch reports {capability}): autocast "
+        f"emulates it, often 10x slower than fp32; --set train.precision=fp32 (or auto) trains faster"
+    )
+
+
 def speed_switches(cfg: TrainSettings, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """The autocast dtype and whether to use channels_last, with ``auto`` resolved for this device."""
     channels_last = device.type == "cuda" if cfg.channels_last == "auto" else bool(cfg.channels_last)
@@ -318,6 +334,9 @@ def train(
                  "paired_test": data.paired_test, "head_classes": head_classes}  # fmt: skip
     unit = build_step(recipe, registries, data.channels, data.image_size, device, shard, head_classes)
     model, optimizers, schedulers, scalers = unit.model, unit.optimizers, unit.schedulers, unit.scalers
+    slow = emulated_precision(unit.dtype, device)
+    if slow and shard.is_main:
+        console.print(f"[yellow]warning:[/] {escape(slow)}")
     if shard.is_main:  # only now: a recipe that cannot build leaves no half-made run directory behind
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.toml").write_text(recipe.to_toml(), encoding="utf-8")
