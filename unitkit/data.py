@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -18,6 +19,17 @@ from unitkit.registry import Registries
 def seeded_generator(seed: int, offset: int) -> torch.Generator:
     """A private CPU generator for stream ``offset`` (an epoch, a start step) of a run seeded with ``seed``."""
     return torch.Generator().manual_seed(seed * 1_000_003 + offset)
+
+
+@contextmanager
+def cpu_seeded(seed: int) -> Iterator[None]:
+    """Inside this block the CPU's global RNG is seeded with ``seed``; outside, every RNG is as it was.
+
+    The CPU's alone: ``torch.manual_seed`` would also reseed the GPUs, tying training noise there to the data.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
 
 
 class ResumableBatches(torch.utils.data.Sampler[list[tuple[int, int]]]):
@@ -71,8 +83,7 @@ class SeededItems(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
         index, seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)  # the CPU's alone: torch.manual_seed would reseed the GPUs
+        with cpu_seeded(seed):
             return self.dataset[index]
 
 

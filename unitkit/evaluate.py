@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from unitkit.components import DomainData
-from unitkit.data import build_data
+from unitkit.data import build_data, cpu_seeded
 from unitkit.fid import InceptionFeatures, cached_features, frechet_distance, kernel_inception_distance
 from unitkit.model import UNIT, evaluation_mode
 from unitkit.recipe import Recipe
@@ -40,8 +40,7 @@ def median_colour(dataset: Dataset, limit: int = 256) -> Tensor:
 
     Training sets apply random flips and crops; a fixed seed makes the floor the same at every evaluation.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(0)
+    with cpu_seeded(0):
         images = torch.stack([dataset[i][0] for i in range(min(limit, len(dataset)))])
     return images.transpose(0, 1).flatten(1).median(dim=1).values.view(-1, 1, 1)
 

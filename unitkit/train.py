@@ -334,10 +334,9 @@ def train(
                  "paired_test": data.paired_test, "head_classes": head_classes}  # fmt: skip
     unit = build_step(recipe, registries, data.channels, data.image_size, device, shard, head_classes)
     model, optimizers, schedulers, scalers = unit.model, unit.optimizers, unit.schedulers, unit.scalers
-    slow = emulated_precision(unit.dtype, device)
-    if slow and shard.is_main:
-        console.print(f"[yellow]warning:[/] {escape(slow)}")
     if shard.is_main:  # only now: a recipe that cannot build leaves no half-made run directory behind
+        if slow := emulated_precision(unit.dtype, device):
+            console.print(f"[yellow]warning:[/] {escape(slow)}")
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.toml").write_text(recipe.to_toml(), encoding="utf-8")
     checkpoints = run_dir / "checkpoints"
