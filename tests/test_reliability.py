@@ -161,6 +161,31 @@ def test_signal_saves_a_checkpoint_and_says_how_to_resume(tiny_recipe, tmp_path,
     assert ckpt.read_checkpoint(ckpt.list_checkpoints(run_dir / "checkpoints")[-1]).step >= 1
 
 
+def test_a_signal_during_the_final_evaluation_abandons_it_and_resume_evaluates(tiny_recipe, tmp_path, monkeypatch):
+    """The last checkpoint is saved before the final evaluation, which with FID takes minutes: a preemption
+    then must not wait for it, nor be reported as a finished run."""
+    import unitkit.train
+
+    evaluate_run = unitkit.train.evaluate_run
+
+    def preempted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler interrupts this at once
+        return evaluate_run(*args, **kwargs)
+
+    monkeypatch.setattr(unitkit.train, "evaluate_run", preempted)
+    started = time.monotonic()
+    result = run(tiny_recipe, tmp_path, "train.iterations=2")
+    assert time.monotonic() - started < 30
+    assert result.interrupted == "SIGTERM" and result.step == 2
+    assert not (tmp_path / "evaluation.json").exists()
+    assert ckpt.read_checkpoint(result.checkpoint).step == 2
+    monkeypatch.setattr(unitkit.train, "evaluate_run", evaluate_run)
+    resumed = run(tiny_recipe, tmp_path, "train.iterations=2", resume=True)
+    assert not resumed.interrupted and resumed.step == 2
+    assert "pixel_accuracy_a2b" in json.loads((tmp_path / "evaluation.json").read_text())
+
+
 def _worker(parent: int, rank: int) -> int:
     """The pid of torchrun's worker process with this rank (read from /proc, as Linux shows it)."""
     for proc in Path("/proc").iterdir():

@@ -91,19 +91,22 @@ def rng_set_aside(device: torch.device) -> AbstractContextManager[None]:
 
 
 @contextmanager
-def stop_requests() -> Iterator[list[str]]:
+def stop_requests(at_once: bool = False) -> Iterator[list[str]]:
     """Ctrl-C (SIGINT) and a cluster's preemption (SIGTERM) ask the loop to stop after this iteration and save.
 
     Yields the names of the signals received, in order. The handlers only record them: an exception raised from
     a handler can land in a weakref callback or ``__del__``, where Python prints and ignores it, and the run
-    would go on. A second Ctrl-C raises KeyboardInterrupt, to leave at once.
+    would go on. A second Ctrl-C raises KeyboardInterrupt, to leave at once. With ``at_once`` (work that can be
+    abandoned, such as the final evaluation after the last checkpoint), either signal raises KeyboardInterrupt
+    at once, after recording its name.
     """
     received: list[str] = []
 
     def handler(signum: int, frame: object) -> None:
-        if received and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        leave = at_once or (bool(received) and signum == signal.SIGINT)
         received.append(signal.Signals(signum).name)
+        if leave:
+            raise KeyboardInterrupt
 
     try:
         previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
@@ -455,13 +458,20 @@ def train(
         # resumed run.
         interrupted = stopped_by or (stop[0] if stop and shard.is_main else "")
         if not interrupted and shard.is_main:
-            results = evaluate()
-            try:
-                distances = fid_kid_if_asked(model, data, device, recipe, show_progress=show_progress)
-            except (MetricsError, RuntimeError) as exc:  # a broken network file, or out of memory: keep the rest
-                console.print(f"[yellow]FID/KID failed:[/] {escape(str(exc))}; the other metrics are kept")
-                distances = {}
-            results |= log_evaluation(distances)
+            # The last checkpoint is saved, so a signal abandons the evaluation (FID can take minutes) at once
+            # instead of being noticed after it; the resumed run evaluates again.
+            with stop_requests(at_once=True) as stop_now:
+                try:
+                    results = evaluate()
+                    try:
+                        distances = fid_kid_if_asked(model, data, device, recipe, show_progress=show_progress)
+                    except (MetricsError, RuntimeError) as exc:  # a broken network file, or out of memory
+                        console.print(f"[yellow]FID/KID failed:[/] {escape(str(exc))}; the other metrics are kept")
+                        distances = {}
+                    results |= log_evaluation(distances)
+                except KeyboardInterrupt:
+                    interrupted = stop_now[-1]
+        if not interrupted and shard.is_main:
             if results:
                 if cfg.eval_every:
                     results |= best_logged(run_dir / "log.jsonl")
