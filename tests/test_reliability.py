@@ -186,6 +186,27 @@ def test_a_signal_during_the_final_evaluation_abandons_it_and_resume_evaluates(t
     assert "pixel_accuracy_a2b" in json.loads((tmp_path / "evaluation.json").read_text())
 
 
+def test_a_signal_whose_exception_is_swallowed_still_stops_the_final_evaluation(tiny_recipe, tmp_path, monkeypatch):
+    """An exception raised from a signal handler inside a ``__del__`` is printed and ignored by Python; the
+    recorded signal must still make the run report itself interrupted rather than done."""
+    import unitkit.train
+
+    evaluate_run = unitkit.train.evaluate_run
+
+    def preempted_inside_a_destructor(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+        except KeyboardInterrupt:  # as Python does with an exception raised in __del__
+            pass
+        return evaluate_run(*args, **kwargs)
+
+    monkeypatch.setattr(unitkit.train, "evaluate_run", preempted_inside_a_destructor)
+    result = run(tiny_recipe, tmp_path, "train.iterations=2")
+    assert result.interrupted == "SIGTERM"
+    assert not (tmp_path / "evaluation.json").exists()
+
+
 def _worker(parent: int, rank: int) -> int:
     """The pid of torchrun's worker process with this rank (read from /proc, as Linux shows it)."""
     for proc in Path("/proc").iterdir():

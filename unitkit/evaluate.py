@@ -46,18 +46,22 @@ def floor_colour(dataset: Dataset, limit: int = 256, candidates: int = 64, toler
     The per-channel median is not that colour on label maps: facade labels are exact class colours, mostly wall
     blue, and their median is none of them (0.6 % of the 64x64 test pixels, against 27 % for this colour).
     Candidates are the median and the mean colours of the most populated cells of a colour grid as fine as the
-    tolerance; each is scored on up to 200,000 of the pixels. Training sets apply random flips and crops; a
-    fixed seed makes the floor the same at every evaluation.
+    tolerance; each is scored on a sample of about 200,000 pixels, drawn evenly from the images. Training sets
+    apply random flips and crops; a fixed seed makes the floor the same at every evaluation.
     """
+    count = min(limit, len(dataset))
+    samples = []
     with cpu_seeded(0):
-        images = torch.stack([dataset[i][0] for i in range(min(limit, len(dataset)))])
-        pixels = to_levels(images).transpose(0, 1).flatten(1).T  # (pixels, channels)
-        pixels = pixels[torch.randperm(len(pixels))[:200_000]]
+        for index in range(count):
+            pixels = to_levels(dataset[index][0].float().cpu()).flatten(1).T  # (pixels, channels)
+            samples.append(pixels[torch.randperm(len(pixels))[: max(1, 200_000 // count)]])
+    pixels = torch.cat(samples)
     cells, cell_of, counts = torch.unique(
         torch.div(pixels, tolerance, rounding_mode="floor"), dim=0, return_inverse=True, return_counts=True
     )
     means = torch.zeros(len(cells), pixels.shape[1]).index_add_(0, cell_of, pixels) / counts[:, None]
-    choices = torch.cat([pixels.median(dim=0).values[None], means[counts.argsort(descending=True)[:candidates]]])
+    populated = counts.argsort(descending=True, stable=True)[:candidates]
+    choices = torch.cat([pixels.median(dim=0).values[None], means[populated]])
     hits = torch.stack([((pixels - colour).abs() < tolerance).all(dim=1).sum() for colour in choices.round()])
     return (choices.round()[hits.argmax()] / 127.5 - 1).view(-1, 1, 1)
 

@@ -16,7 +16,7 @@ import random
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -402,6 +402,15 @@ def train(
         with rng_set_aside(device):
             return log_evaluation(evaluate_run(model, data, device, run_dir / "confusion.png"))
 
+    def final_evaluation() -> dict[str, float]:
+        results = evaluate()
+        try:
+            distances = fid_kid_if_asked(model, data, device, recipe, show_progress=show_progress)
+        except (MetricsError, RuntimeError) as exc:  # a broken network file, or out of memory: keep the rest
+            console.print(f"[yellow]FID/KID failed:[/] {escape(str(exc))}; the other metrics are kept")
+            distances = {}
+        return results | log_evaluation(distances)
+
     start_step, started = step, time.perf_counter()
     progress = _progress(console) if show_progress and shard.is_main else None
     task = progress.add_task(recipe.name, total=cfg.iterations, completed=step, speed="", losses="") if progress else 0
@@ -460,17 +469,11 @@ def train(
         if not interrupted and shard.is_main:
             # The last checkpoint is saved, so a signal abandons the evaluation (FID can take minutes) at once
             # instead of being noticed after it; the resumed run evaluates again.
-            with stop_requests(at_once=True) as stop_now:
-                try:
-                    results = evaluate()
-                    try:
-                        distances = fid_kid_if_asked(model, data, device, recipe, show_progress=show_progress)
-                    except (MetricsError, RuntimeError) as exc:  # a broken network file, or out of memory
-                        console.print(f"[yellow]FID/KID failed:[/] {escape(str(exc))}; the other metrics are kept")
-                        distances = {}
-                    results |= log_evaluation(distances)
-                except KeyboardInterrupt:
-                    interrupted = stop_now[-1]
+            with stop_requests(at_once=True) as stop_now, suppress(KeyboardInterrupt):
+                results = {} if stop else final_evaluation()
+            # Read the records, not the exception: it can be lost in a __del__, and a signal can land in `stop`
+            # between the loop's last check and the evaluation's handlers.
+            interrupted = next(iter(stop + stop_now), "")
         if not interrupted and shard.is_main:
             if results:
                 if cfg.eval_every:
