@@ -59,7 +59,9 @@ def floor_colour(dataset: Dataset, limit: int = 256, candidates: int = 64, toler
     cells, cell_of, counts = torch.unique(
         torch.div(pixels, tolerance, rounding_mode="floor"), dim=0, return_inverse=True, return_counts=True
     )
-    means = torch.zeros(len(cells), pixels.shape[1]).index_add_(0, cell_of, pixels) / counts[:, None]
+    # Sums of whole levels in float64 are exact, so the means cannot depend on the order of the additions.
+    sums = torch.zeros(len(cells), pixels.shape[1], dtype=torch.float64).index_add_(0, cell_of, pixels.double())
+    means = (sums / counts[:, None]).float()
     populated = counts.argsort(descending=True, stable=True)[:candidates]
     choices = torch.cat([pixels.median(dim=0).values[None], means[populated]])
     hits = torch.stack([((pixels - colour).abs() < tolerance).all(dim=1).sum() for colour in choices.round()])
