@@ -63,9 +63,9 @@ def floor_colour(dataset: Dataset, limit: int = 256, candidates: int = 64, toler
     sums = torch.zeros(len(cells), pixels.shape[1], dtype=torch.float64).index_add_(0, cell_of, pixels.double())
     means = (sums / counts[:, None]).float()
     populated = counts.argsort(descending=True, stable=True)[:candidates]
-    choices = torch.cat([pixels.median(dim=0).values[None], means[populated]])
-    hits = torch.stack([((pixels - colour).abs() < tolerance).all(dim=1).sum() for colour in choices.round()])
-    return (choices.round()[hits.argmax()] / 127.5 - 1).view(-1, 1, 1)
+    choices = torch.cat([pixels.median(dim=0).values[None], means[populated]]).round()
+    hits = torch.stack([((pixels - colour).abs() < tolerance).all(dim=1).sum() for colour in choices])
+    return (choices[hits.argmax()] / 127.5 - 1).view(-1, 1, 1)
 
 
 def paired_pixel_accuracy(
