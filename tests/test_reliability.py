@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -21,6 +22,7 @@ from unitkit import checkpoint as ckpt
 from unitkit.errors import CheckpointError, TrainingError
 from unitkit.plugins import load_plugins
 from unitkit.recipe import load_recipe
+from unitkit.sweep import result_row
 from unitkit.train import UnitStep, train
 
 
@@ -77,6 +79,25 @@ def test_a_resumed_run_drops_what_was_logged_after_its_checkpoint(tiny_recipe, t
     evaluations = [r["step"] for r in records if any(k.startswith("eval/") for k in r)]
     assert losses == [1, 2, 3, 4]
     assert evaluations == [1, 2, 3, 4]
+
+
+def test_a_resumed_run_counts_the_wall_time_of_the_processes_before_it(tiny_recipe, tmp_path, monkeypatch):
+    """A sweep's results table reports a run's whole training time, not only its last process's."""
+    run(tiny_recipe, tmp_path, "train.iterations=2")
+    first = ckpt.read_checkpoint(ckpt.checkpoint_path(tmp_path / "checkpoints", 2))
+    assert first.seconds > 0
+    read = ckpt.read_checkpoint
+
+    def after_a_long_first_process(path):  # as if the first process had trained for an hour
+        return dataclasses.replace(read(path), seconds=3600.0)
+
+    monkeypatch.setattr(ckpt, "read_checkpoint", after_a_long_first_process)
+    result = run(tiny_recipe, tmp_path, "train.iterations=4", resume=True)
+    monkeypatch.undo()
+    assert 3600 < result.seconds < 3600 + 600
+    assert 3600 < ckpt.read_checkpoint(ckpt.checkpoint_path(tmp_path / "checkpoints", 4)).seconds <= result.seconds
+    row = result_row("base", tmp_path)
+    assert row["iterations"] == 4 and 3600 < row["seconds"] < 3600 + 600
 
 
 def test_a_second_ctrl_c_mid_iteration_leaves_the_last_checkpoint_untouched(tiny_recipe, tmp_path, monkeypatch):

@@ -41,6 +41,9 @@ class Checkpoint:
     scalers: dict[str, dict[str, Any]]  # fp16 loss scaling; empty states for bf16 and fp32
     rng: dict[str, Any]
     path: Path
+    #: Wall seconds of training up to this checkpoint, summed over the processes that trained it (a resumed run
+    #: adds its own); 0 for checkpoints written before 2026-12-02.
+    seconds: float = 0.0
 
 
 def unique_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -142,12 +145,17 @@ def save_checkpoint(
     data_info: dict[str, Any],
     device: torch.device,
     keep: int = 3,
+    seconds: float = 0.0,
 ) -> Path:
-    """Write a checkpoint atomically and delete all but the ``keep`` newest ones."""
+    """Write a checkpoint atomically and delete all but the ``keep`` newest ones.
+
+    ``seconds`` is the run's training wall time so far, over all the processes that trained it.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model/{k}": v for k, v in unique_state(model).items()}
-    metadata = {"format": FORMAT, "step": str(step), "recipe": recipe_toml, "data": json.dumps(data_info)}
+    metadata = {"format": FORMAT, "step": str(step), "recipe": recipe_toml, "data": json.dumps(data_info),
+                "seconds": f"{seconds:.3f}"}  # fmt: skip
     for name, optimizer in optimizers.items():
         opt_tensors, opt_meta = _optimizer_tensors(f"optim/{name}", optimizer)
         tensors.update(opt_tensors)
@@ -214,6 +222,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
         scalers=json.loads(metadata["scalers"]) if "scalers" in metadata else _scalers_in(schedulers),
         rng=rng,
         path=path,
+        seconds=float(metadata.get("seconds", 0.0)),
     )
 
 

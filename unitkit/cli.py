@@ -302,7 +302,7 @@ def run(
             highlight=False,
         )
         if main_process:  # rank 0 alone wrote evaluation.json
-            rows.append(result_row(resolved.ablation or "base", run_dir, result.step, result.seconds))
+            rows.append(result_row(resolved.ablation or "base", run_dir))
     if sweep_dir is not None and main_process:
         _write_sweep_results(rows, sweep_dir, recipes[0].name)
 

@@ -47,7 +47,7 @@ class RunResult:
     run_dir: Path
     step: int
     checkpoint: Path
-    seconds: float
+    seconds: float  # wall time of the whole run, earlier processes of a resumed run included
     interrupted: str = ""  # "SIGINT" or "SIGTERM" when a signal stopped the run early
     skipped_updates: int = 0
 
@@ -344,7 +344,7 @@ def train(
         (run_dir / "recipe.toml").write_text(recipe.to_toml(), encoding="utf-8")
     checkpoints = run_dir / "checkpoints"
 
-    step = 0
+    step, earlier_seconds = 0, 0.0
     if resume:
         found = ckpt.list_checkpoints(checkpoints)
         if not found:
@@ -357,7 +357,7 @@ def train(
             if state.scalers.get(name):
                 scalers[name].load_state_dict(state.scalers[name])
         ckpt.restore_rng(state.rng["tensors"], state.rng["meta"], device)
-        step = state.step
+        step, earlier_seconds = state.step, state.seconds
         if shard.is_main:
             console.print(f"resumed from {state.path} at iteration {step:,}")
 
@@ -378,7 +378,7 @@ def train(
         path = ckpt.checkpoint_path(checkpoints, step)
         if shard.is_main:
             ckpt.save_checkpoint(checkpoints, step, model, optimizers, schedulers, scalers, recipe.to_toml(), data_info,
-                                 device, cfg.keep_checkpoints)  # fmt: skip
+                                 device, cfg.keep_checkpoints, seconds=run_seconds())  # fmt: skip
         return path
 
     def samples() -> None:
@@ -412,6 +412,10 @@ def train(
         return results | log_evaluation(distances)
 
     start_step, started = step, time.perf_counter()
+
+    def run_seconds() -> float:
+        return earlier_seconds + time.perf_counter() - started
+
     progress = _progress(console) if show_progress and shard.is_main else None
     task = progress.add_task(recipe.name, total=cfg.iterations, completed=step, speed="", losses="") if progress else 0
     stopped_by, skipped_updates = "", 0
@@ -480,7 +484,7 @@ def train(
                     results |= best_logged(run_dir / "log.jsonl")
                 (run_dir / "evaluation.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
             write_index(run_dir, recipe.name, f"finished: {step:,} iterations")
-    return RunResult(run_dir, step, path, time.perf_counter() - started, interrupted, skipped_updates)
+    return RunResult(run_dir, step, path, run_seconds(), interrupted, skipped_updates)
 
 
 def update_allowed(policy: str, loss: torch.Tensor, votes: distributed.Votes) -> bool:
