@@ -207,6 +207,25 @@ def test_a_signal_during_the_final_evaluation_abandons_it_and_resume_evaluates(t
     assert "pixel_accuracy_a2b" in json.loads((tmp_path / "evaluation.json").read_text())
 
 
+def test_a_final_evaluation_interrupted_after_its_first_metrics_logs_them_once(tiny_recipe, tmp_path, monkeypatch):
+    """Pixel accuracy comes before FID: a signal during FID must not leave it logged twice once resumed."""
+    import unitkit.train
+
+    fid_kid_if_asked = unitkit.train.fid_kid_if_asked
+
+    def preempted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler interrupts this at once
+        return fid_kid_if_asked(*args, **kwargs)
+
+    monkeypatch.setattr(unitkit.train, "fid_kid_if_asked", preempted)
+    assert run(tiny_recipe, tmp_path, "train.iterations=2").interrupted == "SIGTERM"
+    monkeypatch.undo()
+    run(tiny_recipe, tmp_path, "train.iterations=2", resume=True)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval/pixel_accuracy_a2b" in r] == [2]
+
+
 def test_a_signal_whose_exception_is_swallowed_still_stops_the_final_evaluation(tiny_recipe, tmp_path, monkeypatch):
     """An exception raised from a signal handler inside a ``__del__`` is printed and ignored by Python; the
     recorded signal must still make the run report itself interrupted rather than done."""

@@ -396,20 +396,23 @@ def train(
             logger.log_scalars(step, {f"eval/{k}": v for k, v in results.items()})
         return results
 
-    def evaluate() -> dict[str, float]:
-        if not shard.is_main:
-            return {}
+    def evaluation() -> dict[str, float]:
         with rng_set_aside(device):
-            return log_evaluation(evaluate_run(model, data, device, run_dir / "confusion.png"))
+            return evaluate_run(model, data, device, run_dir / "confusion.png")
+
+    def evaluate() -> dict[str, float]:
+        return log_evaluation(evaluation()) if shard.is_main else {}
 
     def final_evaluation() -> dict[str, float]:
-        results = evaluate()
+        results = evaluation()
         try:
             distances = fid_kid_if_asked(model, data, device, recipe, show_progress=show_progress)
         except (MetricsError, RuntimeError) as exc:  # a broken network file, or out of memory: keep the rest
             console.print(f"[yellow]FID/KID failed:[/] {escape(str(exc))}; the other metrics are kept")
             distances = {}
-        return results | log_evaluation(distances)
+        # Logged only once complete: an interrupted evaluation is redone by the resumed run, and must not leave
+        # its first half in the log beside the redone one.
+        return log_evaluation(results | distances)
 
     start_step, started = step, time.perf_counter()
 
