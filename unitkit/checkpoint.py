@@ -26,6 +26,7 @@ from unitkit.errors import CheckpointError
 
 FORMAT = "unitkit-checkpoint/1"
 _NAME = re.compile(r"^step_(\d+)\.safetensors$")
+_MAX_HEADER = 100_000_000  # safetensors' own limit; a garbage length must not allocate gigabytes
 
 
 @dataclass
@@ -41,9 +42,9 @@ class Checkpoint:
     scalers: dict[str, dict[str, Any]]  # fp16 loss scaling; empty states for bf16 and fp32
     rng: dict[str, Any]
     path: Path
-    #: Wall seconds of training up to this checkpoint, summed over the processes that trained it (a resumed run
-    #: adds its own); 0 for checkpoints written before 2026-12-02.
-    seconds: float = 0.0
+    #: Training wall seconds up to this checkpoint, over the run and its resumptions; None where unknown (a
+    #: checkpoint written before 2026-12-02, or a run resumed from one).
+    seconds: float | None = None
 
 
 def unique_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -145,17 +146,18 @@ def save_checkpoint(
     data_info: dict[str, Any],
     device: torch.device,
     keep: int = 3,
-    seconds: float = 0.0,
+    seconds: float | None = None,
 ) -> Path:
     """Write a checkpoint atomically and delete all but the ``keep`` newest ones.
 
-    ``seconds`` is the run's training wall time so far, over all the processes that trained it.
+    ``seconds`` is the run's training wall time so far, over the run and its resumptions (None: unknown).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model/{k}": v for k, v in unique_state(model).items()}
-    metadata = {"format": FORMAT, "step": str(step), "recipe": recipe_toml, "data": json.dumps(data_info),
-                "seconds": f"{seconds:.3f}"}  # fmt: skip
+    metadata = {"format": FORMAT, "step": str(step), "recipe": recipe_toml, "data": json.dumps(data_info)}
+    if seconds is not None:
+        metadata["seconds"] = f"{seconds:.3f}"
     for name, optimizer in optimizers.items():
         opt_tensors, opt_meta = _optimizer_tensors(f"optim/{name}", optimizer)
         tensors.update(opt_tensors)
@@ -193,18 +195,11 @@ def read_checkpoint(path: Path) -> Checkpoint:
         raise CheckpointError(f"checkpoint not found: {path}") from None
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    metadata = _metadata(raw, path)
     try:
         tensors = load_bytes(raw)
-        header_len = int.from_bytes(raw[:8], "little")
-        metadata = json.loads(raw[8 : 8 + header_len]).get("__metadata__", {})
-    except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError) as exc:
-        raise CheckpointError(
-            f"{path} is not a readable safetensors file (truncated or another format): {exc}"
-        ) from None
-    if metadata.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{path} is a safetensors file but not a unitkit checkpoint (format {metadata.get('format')!r})"
-        )
+    except SafetensorError as exc:
+        raise _unreadable(path, exc) from None
     optimizers = {
         key.split("/", 1)[1]: _optimizer_state(key, tensors, value)
         for key, value in metadata.items()
@@ -222,8 +217,38 @@ def read_checkpoint(path: Path) -> Checkpoint:
         scalers=json.loads(metadata["scalers"]) if "scalers" in metadata else _scalers_in(schedulers),
         rng=rng,
         path=path,
-        seconds=float(metadata.get("seconds", 0.0)),
+        seconds=float(metadata["seconds"]) if "seconds" in metadata else None,
     )
+
+
+def read_seconds(path: Path) -> float | None:
+    """A checkpoint's training wall seconds (see ``Checkpoint.seconds``), from its header alone."""
+    try:
+        with Path(path).open("rb") as file:
+            head = file.read(8)
+            header = head + file.read(min(int.from_bytes(head, "little"), _MAX_HEADER))
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    metadata = _metadata(header, Path(path))
+    return float(metadata["seconds"]) if "seconds" in metadata else None
+
+
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    return CheckpointError(f"{path} is not a readable safetensors file (truncated or another format): {exc}")
+
+
+def _metadata(raw: bytes, path: Path) -> dict[str, str]:
+    """The metadata of a unitkit checkpoint from the start of its file (the 8-byte length and the JSON header)."""
+    try:
+        header_len = int.from_bytes(raw[:8], "little")
+        metadata = json.loads(raw[8 : 8 + header_len]).get("__metadata__", {})
+    except (ValueError, UnicodeDecodeError, AttributeError) as exc:
+        raise _unreadable(path, exc) from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is a safetensors file but not a unitkit checkpoint (format {metadata.get('format')!r})"
+        )
+    return metadata
 
 
 def _scalers_in(schedulers: dict[str, Any]) -> dict[str, Any]:

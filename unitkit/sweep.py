@@ -19,7 +19,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from unitkit.checkpoint import list_checkpoints, read_checkpoint
+from unitkit.checkpoint import checkpoint_step, list_checkpoints, read_seconds
+from unitkit.errors import CheckpointError
 
 
 def job_devices(device: str, jobs: int, cuda_count: int) -> list[str]:
@@ -99,9 +100,9 @@ def run_parallel(
                 if code is None:
                     continue
                 del running[slot]
+                seconds = time.perf_counter() - variant.started
                 if code == 0:
                     rows.append(result_row(variant.label, variant.run_dir))
-                    seconds = time.perf_counter() - variant.started
                     console.print(f"[green]done[/] {escape(variant.label)} in {seconds:.0f} s", highlight=False)
                 elif code in (130, 143) and interrupted:
                     console.print(f"[yellow]interrupted[/] {escape(variant.label)}", highlight=False)
@@ -143,10 +144,18 @@ def _start(recipe: Path, overrides: tuple[str, ...], variant: Variant, device: s
 
 def result_row(variant: str, run_dir: Path) -> dict:
     """A variant's row of the sweep's results table: its last checkpoint's iteration and training wall seconds
-    (every process that trained it, a resumed run's earlier ones included), then its evaluation.json."""
+    (over the run and its resumptions; setup and the final evaluation left out), then its evaluation.json.
+
+    Seconds are None (an empty cell) where unknown: an old or unreadable checkpoint, which must not stop the
+    table of the others.
+    """
     last = list_checkpoints(run_dir / "checkpoints")
-    state = read_checkpoint(last[-1]) if last else None
-    iterations, seconds = (state.step, round(state.seconds)) if state else (0, 0)
+    iterations = checkpoint_step(last[-1]) if last else 0
+    try:
+        seconds = read_seconds(last[-1]) if last else None
+    except CheckpointError:
+        seconds = None
+    seconds = None if seconds is None else round(seconds)
     evaluation = run_dir / "evaluation.json"
     metrics = json.loads(evaluation.read_text(encoding="utf-8")) if evaluation.exists() else {}
     return {"variant": variant, "iterations": iterations, "seconds": seconds, **metrics}

@@ -47,7 +47,7 @@ class RunResult:
     run_dir: Path
     step: int
     checkpoint: Path
-    seconds: float  # wall time of the whole run, earlier processes of a resumed run included
+    seconds: float  # this process's wall time
     interrupted: str = ""  # "SIGINT" or "SIGTERM" when a signal stopped the run early
     skipped_updates: int = 0
 
@@ -344,7 +344,7 @@ def train(
         (run_dir / "recipe.toml").write_text(recipe.to_toml(), encoding="utf-8")
     checkpoints = run_dir / "checkpoints"
 
-    step, earlier_seconds = 0, 0.0
+    step, earlier_seconds = 0, 0.0  # training time before this process; None when an old checkpoint lacks it
     if resume:
         found = ckpt.list_checkpoints(checkpoints)
         if not found:
@@ -396,29 +396,26 @@ def train(
             logger.log_scalars(step, {f"eval/{k}": v for k, v in results.items()})
         return results
 
-    def evaluation() -> dict[str, float]:
+    def measure() -> dict[str, float]:
         with rng_set_aside(device):
             return evaluate_run(model, data, device, run_dir / "confusion.png")
 
     def evaluate() -> dict[str, float]:
-        return log_evaluation(evaluation()) if shard.is_main else {}
+        return log_evaluation(measure()) if shard.is_main else {}
 
-    def final_evaluation() -> dict[str, float]:
-        results = evaluation()
+    def final_measures() -> dict[str, float]:
+        results = measure()
         try:
             distances = fid_kid_if_asked(model, data, device, recipe, show_progress=show_progress)
         except (MetricsError, RuntimeError) as exc:  # a broken network file, or out of memory: keep the rest
             console.print(f"[yellow]FID/KID failed:[/] {escape(str(exc))}; the other metrics are kept")
             distances = {}
-        # Logged only once complete: an interrupted evaluation is redone by the resumed run, and must not leave
-        # its first half in the log beside the redone one.
-        return log_evaluation(results | distances)
+        return results | distances
+
+    def run_seconds() -> float | None:
+        return None if earlier_seconds is None else earlier_seconds + time.perf_counter() - started
 
     start_step, started = step, time.perf_counter()
-
-    def run_seconds() -> float:
-        return earlier_seconds + time.perf_counter() - started
-
     progress = _progress(console) if show_progress and shard.is_main else None
     task = progress.add_task(recipe.name, total=cfg.iterations, completed=step, speed="", losses="") if progress else 0
     stopped_by, skipped_updates = "", 0
@@ -477,17 +474,20 @@ def train(
             # The last checkpoint is saved, so a signal abandons the evaluation (FID can take minutes) at once
             # instead of being noticed after it; the resumed run evaluates again.
             with stop_requests(at_once=True) as stop_now, suppress(KeyboardInterrupt):
-                results = {} if stop else final_evaluation()
+                results = {} if stop else final_measures()
             # Read the records, not the exception: it can be lost in a __del__, and a signal can land in `stop`
             # between the loop's last check and the evaluation's handlers.
             interrupted = next(iter(stop + stop_now), "")
         if not interrupted and shard.is_main:
             if results:
+                # Logged only now, complete: a resumed run redoes an interrupted evaluation, and its first half
+                # must not stay in the log beside the redone one.
+                log_evaluation(results)
                 if cfg.eval_every:
                     results |= best_logged(run_dir / "log.jsonl")
                 (run_dir / "evaluation.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
             write_index(run_dir, recipe.name, f"finished: {step:,} iterations")
-    return RunResult(run_dir, step, path, run_seconds(), interrupted, skipped_updates)
+    return RunResult(run_dir, step, path, time.perf_counter() - started, interrupted, skipped_updates)
 
 
 def update_allowed(policy: str, loss: torch.Tensor, votes: distributed.Votes) -> bool:
