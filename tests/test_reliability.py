@@ -183,26 +183,31 @@ def test_signal_saves_a_checkpoint_and_says_how_to_resume(tiny_recipe, tmp_path,
     assert ckpt.read_checkpoint(ckpt.list_checkpoints(run_dir / "checkpoints")[-1]).step >= 1
 
 
-def test_a_signal_during_the_final_evaluation_abandons_it_and_resume_evaluates(tiny_recipe, tmp_path, monkeypatch):
-    """The last checkpoint is saved before the final evaluation, which with FID takes minutes: a preemption
-    then must not wait for it, nor be reported as a finished run."""
+def _preempt(monkeypatch, name: str) -> None:
+    """Make ``unitkit.train.NAME`` receive a SIGTERM, then take 30 s unless the signal interrupts it."""
     import unitkit.train
 
-    evaluate_run = unitkit.train.evaluate_run
+    function = getattr(unitkit.train, name)
 
     def preempted(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(30)  # the handler interrupts this at once
-        return evaluate_run(*args, **kwargs)
+        return function(*args, **kwargs)
 
-    monkeypatch.setattr(unitkit.train, "evaluate_run", preempted)
+    monkeypatch.setattr(unitkit.train, name, preempted)
+
+
+def test_a_signal_during_the_final_evaluation_abandons_it_and_resume_evaluates(tiny_recipe, tmp_path, monkeypatch):
+    """The last checkpoint is saved before the final evaluation, which with FID takes minutes: a preemption
+    then must not wait for it, nor be reported as a finished run."""
+    _preempt(monkeypatch, "evaluate_run")
     started = time.monotonic()
     result = run(tiny_recipe, tmp_path, "train.iterations=2")
     assert time.monotonic() - started < 30
     assert result.interrupted == "SIGTERM" and result.step == 2
     assert not (tmp_path / "evaluation.json").exists()
     assert ckpt.read_checkpoint(result.checkpoint).step == 2
-    monkeypatch.setattr(unitkit.train, "evaluate_run", evaluate_run)
+    monkeypatch.undo()
     resumed = run(tiny_recipe, tmp_path, "train.iterations=2", resume=True)
     assert not resumed.interrupted and resumed.step == 2
     assert "pixel_accuracy_a2b" in json.loads((tmp_path / "evaluation.json").read_text())
@@ -210,16 +215,7 @@ def test_a_signal_during_the_final_evaluation_abandons_it_and_resume_evaluates(t
 
 def test_a_final_evaluation_interrupted_after_its_first_metrics_logs_them_once(tiny_recipe, tmp_path, monkeypatch):
     """Pixel accuracy comes before FID: a signal during FID must not leave it logged twice once resumed."""
-    import unitkit.train
-
-    fid_kid_if_asked = unitkit.train.fid_kid_if_asked
-
-    def preempted(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(30)  # the handler interrupts this at once
-        return fid_kid_if_asked(*args, **kwargs)
-
-    monkeypatch.setattr(unitkit.train, "fid_kid_if_asked", preempted)
+    _preempt(monkeypatch, "fid_kid_if_asked")
     assert run(tiny_recipe, tmp_path, "train.iterations=2").interrupted == "SIGTERM"
     monkeypatch.undo()
     run(tiny_recipe, tmp_path, "train.iterations=2", resume=True)
