@@ -198,7 +198,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
     metadata = _metadata(raw, path)
     try:
         tensors = load_bytes(raw)
-    except SafetensorError as exc:
+    except (SafetensorError, ValueError, OverflowError) as exc:
         raise _unreadable(path, exc) from None
     optimizers = {
         key.split("/", 1)[1]: _optimizer_state(key, tensors, value)
@@ -217,7 +217,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
         scalers=json.loads(metadata["scalers"]) if "scalers" in metadata else _scalers_in(schedulers),
         rng=rng,
         path=path,
-        seconds=float(metadata["seconds"]) if "seconds" in metadata else None,
+        seconds=_seconds_in(metadata),
     )
 
 
@@ -229,7 +229,10 @@ def read_seconds(path: Path) -> float | None:
             header = head + file.read(min(int.from_bytes(head, "little"), _MAX_HEADER))
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
-    metadata = _metadata(header, Path(path))
+    return _seconds_in(_metadata(header, Path(path)))
+
+
+def _seconds_in(metadata: dict[str, str]) -> float | None:
     return float(metadata["seconds"]) if "seconds" in metadata else None
 
 
