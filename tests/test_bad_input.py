@@ -7,13 +7,16 @@ import json
 import string
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from unitkit.checkpoint import list_checkpoints
+from unitkit.checkpoint import list_checkpoints, load_model_state, read_checkpoint
 from unitkit.cli import main
+from unitkit.errors import CheckpointError
+from unitkit.model import build_model
 from unitkit.recipe import RecipeError, load_recipe, parse_override
 
 
@@ -73,13 +76,34 @@ def test_unreadable_files_are_skipped_and_counted_or_an_error(tmp_path):
     assert strict.exit_code == 1 and ("notes.png" in strict.output or "cut.png" in strict.output)
 
 
-def test_checkpoint_from_a_different_architecture_lists_mismatched_tensors(tiny_recipe, tmp_path):
+def test_resume_refuses_settings_that_change_what_is_trained(tiny_recipe, tmp_path):
+    run_dir = tmp_path / "r"
+    assert invoke("run", tiny_recipe, "--out", run_dir, "--quiet").exit_code == 0
+    recorded = (run_dir / "recipe.toml").read_text()
+    # The optimiser's restored state would keep the old lr while the new recipe claimed the new one.
+    for change, named in (("model.encoder.width=6", "model.encoder.width: 4 -> 6"), ("train.lr=0.5", "train.lr: ")):
+        result = invoke("run", tiny_recipe, "--out", run_dir, "--quiet", "--resume", "--set", change)
+        assert result.exit_code == 2 and named in result.output, result.output
+    assert (run_dir / "recipe.toml").read_text() == recorded  # the run directory still describes its checkpoints
+    longer = invoke("run", tiny_recipe, "--out", run_dir, "--quiet", "--resume", "--set", "train.iterations=6",
+                    "--set", "train.log_every=3")  # fmt: skip
+    assert longer.exit_code == 0, longer.output
+
+
+def test_resume_of_a_run_that_never_started_leaves_nothing_behind(tiny_recipe, tmp_path):
+    result = invoke("run", tiny_recipe, "--out", tmp_path / "r", "--quiet", "--resume")
+    assert result.exit_code == 1 and "without --resume" in result.output
+    assert not (tmp_path / "r").exists()
     assert invoke("run", tiny_recipe, "--out", tmp_path / "r", "--quiet").exit_code == 0
-    result = invoke(
-        "run", tiny_recipe, "--out", tmp_path / "r", "--quiet", "--resume", "--set", "model.encoder.width=6"
-    )
-    assert result.exit_code == 1
-    assert "different architecture" in result.output and "enc_a.blocks.0" in result.output
+
+
+def test_checkpoint_from_a_different_architecture_lists_mismatched_tensors(tiny_recipe, tmp_path, registries):
+    # A plugin's new version can change a network under an unchanged recipe: loading names the tensors that differ.
+    assert invoke("run", tiny_recipe, "--out", tmp_path / "r", "--quiet").exit_code == 0
+    state = read_checkpoint(list_checkpoints(tmp_path / "r" / "checkpoints")[-1])
+    narrower = build_model(load_recipe(tiny_recipe, registries, ["model.encoder.width=6"]), registries, (3, 3))
+    with pytest.raises(CheckpointError, match="different architecture.*enc_a.blocks.0"):
+        load_model_state(narrower, state.model_state, state.path)
 
 
 def test_truncated_and_foreign_checkpoint_files(tiny_recipe, tmp_path):
@@ -93,6 +117,18 @@ def test_truncated_and_foreign_checkpoint_files(tiny_recipe, tmp_path):
     for bad, message in ((truncated, "truncated or another format"), (foreign, "truncated or another format")):
         result = invoke("translate", bad, tmp_path / "in.png", tmp_path / "out", "--direction", "a2b")
         assert result.exit_code == 1 and message in result.output, result.output
+
+
+def test_a_device_this_machine_lacks_is_one_line(tiny_recipe, tmp_path):
+    # The CUDA half runs on machines without CUDA, as CI's; the index check needs a GPU and is not tested here.
+    import torch
+
+    missing = ["mps"] if not torch.backends.mps.is_available() else []
+    missing += ["cuda:0"] if not torch.cuda.is_available() else []
+    for device in missing:
+        result = invoke("run", tiny_recipe, "--out", tmp_path / device, "--quiet", "--set", f"train.device={device}")
+        assert result.exit_code == 1 and f"train.device = '{device}'" in result.output, result.output
+        assert not (tmp_path / device).exists()
 
 
 def test_usage_errors_exit_2(tiny_recipe, tmp_path):

@@ -168,7 +168,7 @@ def test_evaluate_command_computes_fid_kid_and_pixel_accuracy(tiny_recipe, tmp_p
     result = invoke("evaluate", run_dir, "--fid", "--inception", network, "--device", "cpu")
     assert result.exit_code == 0, result.output
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
-    assert evaluation["iteration"] == 2 and evaluation["fid_images"] == 8
+    assert evaluation["iteration"] == 2 and evaluation["fid_images_a"] == evaluation["fid_images_b"] == 8
     for key in ("fid_a2b", "fid_b2a", "kid_a2b", "kid_b2a", "fid_untranslated", "pixel_accuracy_a2b"):
         assert key in evaluation and key in result.output
     assert evaluation["fid_a2b"] >= 0 and evaluation["fid_untranslated"] > 0
@@ -178,7 +178,7 @@ def test_evaluate_command_computes_fid_kid_and_pixel_accuracy(tiny_recipe, tmp_p
     checkpoint = list_checkpoints(run_dir / "checkpoints")[-1]
     again = invoke("evaluate", checkpoint, "--fid", "--fid-images", "4", "--inception", network, "--device", "cpu")
     assert again.exit_code == 0, again.output
-    assert json.loads(checkpoint.with_suffix(".json").read_text())["fid_images"] == 4
+    assert json.loads(checkpoint.with_suffix(".json").read_text())["fid_images_a"] == 4
 
 
 def test_a_run_that_needs_fid_fails_before_training_without_the_network(tiny_recipe, tmp_path, monkeypatch):

@@ -272,15 +272,20 @@ def test_a_signal_to_one_of_two_processes_stops_both_and_saves(torchrun_tiny, tm
 
 
 EXPLODING_LOSS = textwrap.dedent('''
+    import os
+    import signal
+
     import torch.nn.functional as F
     from unitkit import hookimpl
 
     calls = {"n": 0}
 
     def explodes_late():
-        """L1 until the 9th call, then NaN."""
+        """L1 until the 9th call, then NaN; with $EXPLODES_AND_STOPS set, the 9th call also sends a SIGTERM."""
         def loss(output, target):
             calls["n"] += 1
+            if calls["n"] == 9 and os.environ.get("EXPLODES_AND_STOPS"):
+                os.kill(os.getpid(), signal.SIGTERM)
             return F.l1_loss(output, target) * (float("nan") if calls["n"] >= 9 else 1.0)
         return loss
 
@@ -311,6 +316,18 @@ def test_non_finite_loss_stops_naming_term_and_iteration(tiny_recipe, tmp_path, 
     kept = ckpt.list_checkpoints(tmp_path / "r" / "checkpoints")
     assert [ckpt.read_checkpoint(p).step for p in kept] == [2]
     assert all(torch.isfinite(t).all() for t in ckpt.read_checkpoint(kept[0]).model_state.values())
+
+
+def test_a_signal_between_log_steps_does_not_save_non_finite_weights(
+    tiny_recipe, tmp_path, exploding_plugins, monkeypatch
+):
+    # NaN from iteration 3, which also brings a SIGTERM; no log step until 100, so the stop's save is the first
+    # place that reads the losses.
+    monkeypatch.setenv("EXPLODES_AND_STOPS", "1")
+    with pytest.raises(TrainingError, match="iteration 3"):
+        run(tiny_recipe, tmp_path / "r", "objective.reconstruction_loss.kind=explodes-late", "train.iterations=8",
+            "train.checkpoint_every=2", "train.log_every=100", plugins=exploding_plugins)  # fmt: skip
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "r" / "checkpoints")] == ["step_000000002.safetensors"]
 
 
 def test_non_finite_loss_can_skip_updates_and_count_them(tiny_recipe, tmp_path, exploding_plugins):

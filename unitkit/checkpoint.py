@@ -11,6 +11,7 @@ import json
 import os
 import random
 import re
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,13 @@ class Checkpoint:
     #: Training wall seconds up to this checkpoint, over the run and its resumptions; None where unknown (a
     #: checkpoint written before 2026-12-02, or a run resumed from one).
     seconds: float | None = None
+
+    def recipe(self) -> dict[str, Any]:
+        """The resolved recipe the checkpoint was trained with, as a dict."""
+        try:
+            return tomllib.loads(self.recipe_toml)
+        except tomllib.TOMLDecodeError as exc:
+            raise CheckpointError(f"{self.path}: its stored recipe is not valid TOML ({exc})") from None
 
 
 def unique_state(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -184,8 +184,18 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 @click.option(
     "--ablations", "chosen", default="", metavar="A,B,...", help="Like --all-ablations, for these ablations only."
 )
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory [default: runs/NAME].")
-@click.option("--resume", is_flag=True, help="Continue the run in the run directory from its latest checkpoint.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run directory [default: runs/NAME; runs/NAME-ABLATION for one ablation; for a sweep, runs/NAME-ablations "
+    "holding a folder per variant].",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in the run directory from its latest checkpoint. --set may change only how long it "
+    "goes and how it is run, logged and stored (train.iterations, the *_every intervals, device, precision, ...).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option(
@@ -225,12 +235,10 @@ def run(
     A sweep (--all-ablations or --ablations) ends with RUN_DIR/results.md, results.csv and results.png. With
     several GPUs its variants train side by side, one per GPU; --jobs sets how many run at once.
     """
-    import os
-
     import torch
 
     from unitkit.checkpoint import list_checkpoints
-    from unitkit.distributed import is_main_process
+    from unitkit.distributed import is_main_process, world_size
     from unitkit.errors import TrainingError
     from unitkit.recipe import ablation_names
     from unitkit.sweep import Variant, job_devices, result_row, run_parallel
@@ -253,7 +261,7 @@ def run(
         run_dirs = [sweep_dir / (name or "base") for name in variants]
     else:
         run_dirs = [_run_dir(out, r.name, r.ablation) for r in recipes]
-    torchrun = os.environ.get("WORLD_SIZE", "1") != "1"
+    torchrun = world_size() > 1
     if torchrun and jobs > 1:
         raise RecipeError("--jobs runs a sweep's variants as separate processes; it cannot run under torchrun")
     cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -21,6 +21,14 @@ from torch.utils.data import Dataset
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
+def to_levels(images: Tensor) -> Tensor:
+    """Images in [-1, 1] as the 8-bit levels 0..255 (still floats) an image file would hold.
+
+    Metrics judge translations at this precision, as they would judge saved images.
+    """
+    return ((images.clamp(-1, 1) + 1) * 127.5).round()
+
+
 class Backbone(nn.Module):
     """A network that is an ordered list of blocks applied one after another.
 

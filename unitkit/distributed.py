@@ -37,6 +37,11 @@ class Shard:
         return slice(self.rank * size, (self.rank + 1) * size)
 
 
+def world_size() -> int:
+    """How many processes torchrun started for this run (1 without torchrun; usable before ``start``)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def is_main_process() -> bool:
     """True unless torchrun started this process with a rank other than 0 (usable before ``start``)."""
     return os.environ.get("RANK", "0") == "0"
@@ -51,7 +56,7 @@ def start(device: torch.device) -> tuple[Shard, torch.device]:
 
     NCCL on CUDA, gloo on CPU. Without torchrun's environment this is a single process and nothing is started.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     if world == 1:
         return Shard(), device
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from unitkit.components import DomainData
+from unitkit.components import DomainData, to_levels
 from unitkit.data import build_data, cpu_seeded
 from unitkit.fid import InceptionFeatures, cached_features, frechet_distance, kernel_inception_distance
 from unitkit.model import UNIT, evaluation_mode
@@ -18,8 +18,8 @@ from unitkit.registry import Registries
 from unitkit.report import plot_confusions, read_log
 from unitkit.translate import load_trained_model
 
-#: A translated pixel counts as correct when every channel is within this many levels (of 255) of the truth,
-#: as in the paper's map experiment.
+#: A translated pixel counts as correct when every channel differs from the truth by less than this many levels
+#: (of 255), as in the paper's map experiment.
 PIXEL_TOLERANCE = 16
 
 
@@ -32,11 +32,6 @@ def pixel_accuracy(prediction: Tensor, target: Tensor, tolerance: int = PIXEL_TO
         raise ValueError(f"pixel accuracy needs equal shapes, got {tuple(prediction.shape)} and {tuple(target.shape)}")
     close = (to_levels(prediction) - to_levels(target)).abs() < tolerance
     return close.all(dim=1).float().mean().item()
-
-
-def to_levels(images: Tensor) -> Tensor:
-    """Images in [-1, 1] as 8-bit levels 0..255 (still floats), the precision pixel accuracy compares at."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round()
 
 
 def floor_colour(dataset: Dataset, limit: int = 256, candidates: int = 64, tolerance: int = PIXEL_TOLERANCE) -> Tensor:
@@ -192,7 +187,7 @@ def fid_kid(
             results[f"kid_{source}2{target}"] = kernel_inception_distance(features, real_features[target])[0]
     results["fid_untranslated"] = frechet_distance(real_features["a"], real_features["b"])
     results["kid_untranslated"] = kernel_inception_distance(real_features["a"], real_features["b"])[0]
-    results["fid_images"] = min(len(tests["a"]), len(tests["b"]))
+    results["fid_images_a"], results["fid_images_b"] = len(tests["a"]), len(tests["b"])
     return results
 
 

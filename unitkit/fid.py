@@ -27,6 +27,7 @@ from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from unitkit.components import to_levels
 from unitkit.errors import UnitkitError
 
 INCEPTION_ENV = "UNITKIT_INCEPTION"
@@ -93,7 +94,7 @@ class InceptionFeatures:
         outputs = []
         for batch in images.split(self.batch_size):
             batch = batch.to(self.device, torch.float32)
-            batch = ((batch.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+            batch = to_levels(batch) / 127.5 - 1
             batch = batch.expand(-1, 3, -1, -1)
             if batch.shape[-2:] != (INCEPTION_SIZE, INCEPTION_SIZE):
                 batch = F.interpolate(

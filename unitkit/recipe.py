@@ -455,6 +455,32 @@ def validate(raw: dict[str, Any], registries: Registries, origin: str = "<recipe
     )
 
 
+#: Settings a resumed run may change: they decide how long a run goes and how it is run, watched and stored,
+#: not what it learns. A change to any other setting would leave the checkpoint's weights and optimiser state
+#: describing a different run than its recipe (the optimiser's restored state would even keep the old lr).
+RESUMABLE_SETTINGS = (
+    "name", "description", "data.root", "data.bad_files", "train.iterations", "train.device", "train.num_workers",
+    "train.log_every", "train.sample_every", "train.sample_count", "train.checkpoint_every", "train.eval_every",
+    "train.keep_checkpoints", "train.deterministic", "train.precision", "train.channels_last", "train.compile",
+    "train.on_nonfinite", "evaluate", "loggers",
+)  # fmt: skip
+
+
+def changes_on_resume(trained: dict[str, Any], recipe: dict[str, Any]) -> list[str]:
+    """The settings outside :data:`RESUMABLE_SETTINGS` in which ``recipe`` differs from the recipe a checkpoint
+    was ``trained`` with, as ``"key: old -> new"`` lines (both resolved recipes, as dicts).
+
+    Keys that only one of them has are left out: they come from a unitkit or plugin version that added or
+    dropped a setting, not from the user.
+    """
+    old, new = _flatten(trained), _flatten(recipe)
+    return [
+        f"{key}: {old[key]!r} -> {new[key]!r}"
+        for key in sorted(old.keys() & new.keys())
+        if old[key] != new[key] and not any(key == s or key.startswith(f"{s}.") for s in RESUMABLE_SETTINGS)
+    ]
+
+
 def ablation_names(path: str | Path) -> list[str]:
     """Names of the ``[ablations.NAME]`` tables of a recipe file, in file order."""
     ablations = read_toml(path).get("ablations", {})

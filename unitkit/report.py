@@ -182,7 +182,7 @@ def format_cell(value: object) -> str:
 
 
 #: Columns of a results table that describe the run rather than measure it, or that only qualify another.
-_NOT_PLOTTED = ("variant", "iterations", "seconds", "iteration", "fid_images")
+_NOT_PLOTTED = ("variant", "iterations", "seconds", "iteration", "fid_images_a", "fid_images_b")
 
 
 def write_results(rows: list[dict[str, float | int | str]], out_dir: Path, title: str) -> list[Path]:

@@ -37,7 +37,7 @@ from unitkit.evaluate import best_logged, evaluate_run, fid_kid_if_asked
 from unitkit.fid import MetricsError, find_inception
 from unitkit.model import UNIT, build_model
 from unitkit.objective import discriminator_loss, generator_losses, translate_both
-from unitkit.recipe import ObjectiveSettings, Recipe, RecipeError, TrainSettings
+from unitkit.recipe import ObjectiveSettings, Recipe, RecipeError, TrainSettings, changes_on_resume
 from unitkit.registry import Registries
 from unitkit.report import plot_losses, sample_grid, write_index
 
@@ -56,9 +56,17 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` → CUDA when present, else CPU; an unavailable CUDA device is an error, not a silent fallback."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError(f"train.device = {name!r}, but this machine has no CUDA device; use 'auto' or 'cpu'")
-    return torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise TrainingError(
+            f"train.device = {name!r}, but this machine has {torch.cuda.device_count()} CUDA device(s), "
+            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise TrainingError(f"train.device = {name!r}, but this machine has no Apple GPU (MPS); use 'auto' or 'cpu'")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -337,19 +345,16 @@ def train(
                  "paired_test": data.paired_test, "head_classes": head_classes}  # fmt: skip
     unit = build_step(recipe, registries, data.channels, data.image_size, device, shard, head_classes)
     model, optimizers, schedulers, scalers = unit.model, unit.optimizers, unit.schedulers, unit.scalers
-    if shard.is_main:  # only now: a recipe that cannot build leaves no half-made run directory behind
+    checkpoints = run_dir / "checkpoints"
+    state = resumed_checkpoint(checkpoints, recipe) if resume else None
+    if shard.is_main:  # only now: a recipe that cannot build or resume leaves the run directory as it was
         if slow := emulated_precision(unit.dtype, device):
             console.print(f"[yellow]warning:[/] {escape(slow)}")
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.toml").write_text(recipe.to_toml(), encoding="utf-8")
-    checkpoints = run_dir / "checkpoints"
 
     step, earlier_seconds = 0, 0.0  # training time before this process; None when an old checkpoint lacks it
-    if resume:
-        found = ckpt.list_checkpoints(checkpoints)
-        if not found:
-            raise TrainingError(f"--resume: no checkpoint in {checkpoints}; start the run without --resume")
-        state = ckpt.read_checkpoint(found[-1])
+    if state:
         ckpt.load_model_state(model, state.model_state, state.path)
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(state.optimizers[name])
@@ -459,6 +464,8 @@ def train(
                 kept = ckpt.list_checkpoints(checkpoints)
                 console.print(f"[yellow]left at once[/]; the newest checkpoint is {kept[-1] if kept else 'none'}")
             raise
+        if stopped_by and step > start_step:  # stopped between log steps: the weights to save are unchecked
+            losses_as_floats(terms, terms_d, step, cfg.on_nonfinite, unit.votes)
         path = save()
         samples()
         unit.votes.barrier()
@@ -488,6 +495,21 @@ def train(
                 (run_dir / "evaluation.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
             write_index(run_dir, recipe.name, f"finished: {step:,} iterations")
     return RunResult(run_dir, step, path, time.perf_counter() - started, interrupted, skipped_updates)
+
+
+def resumed_checkpoint(checkpoints: Path, recipe: Recipe) -> ckpt.Checkpoint:
+    """The newest checkpoint in ``checkpoints``, once it is clear that ``recipe`` may continue it."""
+    found = ckpt.list_checkpoints(checkpoints)
+    if not found:
+        raise TrainingError(f"--resume: no checkpoint in {checkpoints}; start the run without --resume")
+    state = ckpt.read_checkpoint(found[-1])
+    if changed := changes_on_resume(state.recipe(), recipe.resolved):
+        raise RecipeError(
+            f"--resume: {state.path} was trained with other settings ({'; '.join(changed)}). Resume with the "
+            "settings it was trained with, or start a new run with --out; a resumed run may change only how long "
+            "it goes and how it is run, logged and stored"
+        )
+    return state
 
 
 def update_allowed(policy: str, loss: torch.Tensor, votes: distributed.Votes) -> bool:

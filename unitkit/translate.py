@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
 from unitkit.checkpoint import Checkpoint, load_model_state, read_checkpoint
-from unitkit.components import IMAGE_SUFFIXES
+from unitkit.components import IMAGE_SUFFIXES, to_levels
 from unitkit.model import UNIT, build_model
 from unitkit.recipe import Recipe, validate
 from unitkit.registry import Registries
@@ -22,7 +21,7 @@ def load_trained_model(path: Path, registries: Registries, device: torch.device)
     """Rebuild the model a checkpoint was trained with (from the recipe stored inside it) and load its weights;
     returns the model, the checkpoint and that recipe."""
     state = read_checkpoint(path)
-    recipe = validate(tomllib.loads(state.recipe_toml), registries, origin=f"{path} (stored recipe)")
+    recipe = validate(state.recipe(), registries, origin=f"{path} (stored recipe)")
     info = state.data_info
     model = build_model(recipe, registries, tuple(info["channels"]), num_classes=info.get("head_classes", 0))
     load_model_state(model, state.model_state, path)
@@ -61,7 +60,7 @@ def translate_image(model: UNIT, image: Image.Image, source: str, channels: int)
     if encoder.fixed_size:
         y = F.interpolate(y, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
     y = y[..., :height, :width]
-    return to_pil_image(y[0].add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8))
+    return to_pil_image(to_levels(y[0]).to(torch.uint8))
 
 
 def translate_path(
