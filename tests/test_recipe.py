@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from unitkit.recipe import RecipeError, apply_overrides, load_recipe, parse_override, validate
+from unitkit.recipe import RecipeError, apply_overrides, changes_on_resume, load_recipe, parse_override, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -155,3 +155,19 @@ def test_every_shipped_recipe_and_ablation_validates(recipe):
 def test_overriding_a_kind_keeps_exactly_the_settings_of_the_new_kind(base, overrides, expected):
     recipe = apply_overrides({"model": {"sharing": base}}, overrides, "test")
     assert recipe["model"]["sharing"] == expected
+
+
+def test_a_resume_may_change_how_a_run_goes_but_not_what_it_trains(tiny_recipe, registries):
+    trained = load_recipe(tiny_recipe, registries).resolved
+    harmless = ["train.iterations=40", "train.precision=bf16", "train.log_every=7", "evaluate.fid=true"]
+    assert changes_on_resume(trained, load_recipe(tiny_recipe, registries, harmless).resolved) == []
+    changed = load_recipe(tiny_recipe, registries, ["train.lr=0.5", "model.sharing.kind=none"]).resolved
+    assert changes_on_resume(trained, changed) == [
+        "model.sharing.kind: 'shared-latent' -> 'none'",
+        f"train.lr: {trained['train']['lr']!r} -> 0.5",
+    ]
+    # A setting that only one side has comes from another unitkit or plugin version, not from the user.
+    older = {**trained, "train": {k: v for k, v in trained["train"].items() if k != "lr_gamma"}}
+    assert changes_on_resume(older, load_recipe(tiny_recipe, registries, ["train.lr_gamma=0.25"]).resolved) == []
+    retired = {**trained, "objective": {**trained["objective"], "retired_weight": 1.0}}
+    assert changes_on_resume(retired, trained) == []
