@@ -78,6 +78,8 @@ def test_all_ablations_run_each_in_its_own_directory(tiny_recipe, tmp_path):
     assert [row.split(",")[0] for row in rows[1:]] == ["base", "no-sharing"]
     assert "| no-sharing | 1 |" in (tmp_path / "sweep" / "results.md").read_text()
     assert Image.open(tmp_path / "sweep" / "results.png").size[0] > 100
+    # Printed to a pipe, the table is as wide as it needs: no cell is cut short.
+    assert "pixel_accuracy_floor_a2b" in result.output and "…" not in result.output
 
 
 def test_parallel_sweep_trains_variants_in_their_own_processes(tiny_recipe, tmp_path):

@@ -331,7 +331,11 @@ def print_results(rows: list[dict]) -> None:
         table.add_column(column, justify="left" if column == "variant" else "right")
     for row in rows:
         table.add_row(*(format_cell(row.get(c)) for c in columns))
-    console.print(table)
+    out = console
+    if not console.is_terminal:  # a log file or a pipe: as wide as the table, not cut to 80 columns
+        widest = console.measure(table, options=console.options.update_width(10_000)).maximum
+        out = Console(file=console.file, width=widest)
+    out.print(table)
 
 
 @main.command()
