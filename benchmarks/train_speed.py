@@ -3,7 +3,7 @@
 Each configuration runs in a fresh process (so peak memory is its own): it builds the recipe's networks, times
 full iterations (discriminator update + encoder/generator update, exactly the trainer's UnitStep) on random
 tensors, and reports min/median seconds per iteration, images/s, peak memory, parameters, FLOPs per iteration
-(torch.utils.flop_counter), the achieved FLOP/s, and this machine's measured fp32 matmul FLOP/s as the
+(torch.utils.flop_counter), the achieved FLOP/s, and the host's measured fp32 matmul FLOP/s as the
 practical ceiling.
 
     python benchmarks/train_speed.py                      # every configuration, fp32 and the CPU switches
@@ -50,7 +50,7 @@ SWITCHES = {
 
 
 def matmul_flops(threads: int, size: int = 2048, repeats: int = 10) -> float:
-    """Measured fp32 matmul FLOP/s: the practical ceiling for this machine and thread count."""
+    """Measured fp32 matmul FLOP/s: the practical ceiling for the host and thread count."""
     import torch
 
     torch.set_num_threads(threads)

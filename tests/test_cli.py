@@ -74,7 +74,7 @@ def test_all_ablations_run_each_in_its_own_directory(tiny_recipe, tmp_path):
     assert "ablation" in (tmp_path / "sweep" / "no-sharing" / "recipe.toml").read_text()
     # One results table for the sweep, as markdown, CSV and a bar chart, with each variant's metric.
     rows = (tmp_path / "sweep" / "results.csv").read_text().splitlines()
-    assert rows[0].startswith("variant,iterations,seconds,pixel_accuracy_a2b")
+    assert rows[0].startswith("variant,iterations,seconds,scene_accuracy_a2b") and "pixel_accuracy_a2b" in rows[0]
     assert [row.split(",")[0] for row in rows[1:]] == ["base", "no-sharing"]
     assert "| no-sharing | 1 |" in (tmp_path / "sweep" / "results.md").read_text()
     assert Image.open(tmp_path / "sweep" / "results.png").size[0] > 100
@@ -172,7 +172,11 @@ def test_evaluate_command_computes_fid_kid_and_pixel_accuracy(tiny_recipe, tmp_p
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     assert evaluation["iteration"] == 2 and evaluation["fid_images_a"] == evaluation["fid_images_b"] == 8
     for key in ("fid_a2b", "fid_b2a", "kid_a2b", "kid_b2a", "fid_untranslated", "pixel_accuracy_a2b"):
-        assert key in evaluation and key in result.output
+        assert key in evaluation
+    for key in ("fid_a2b", "fid_b2a", "kid_a2b", "kid_b2a", "pixel_accuracy_a2b"):  # baselines: beside these
+        assert key in result.output
+    fid_line = next(line for line in result.output.splitlines() if "fid_a2b" in line)
+    assert "untranslated" in fid_line
     assert evaluation["fid_a2b"] >= 0 and evaluation["fid_untranslated"] > 0
     assert len(list((tmp_path / "cache" / "unitkit" / "fid").glob("*.safetensors"))) == 2  # real A and B, cached
 

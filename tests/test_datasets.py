@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
 from unitkit import DomainData
-from unitkit.builtin.datasets import SHAPES, digit_domain, mnist_usps, svhn_mnist, synthetic, unpaired_folders
+from unitkit.builtin.datasets import (
+    SHAPE_HUES,
+    SHAPES,
+    _render_shapes,
+    digit_domain,
+    mnist_usps,
+    svhn_mnist,
+    synthetic,
+    unpaired_folders,
+)
 from unitkit.recipe import data_root
 
 DATA = data_root()
@@ -81,6 +91,32 @@ def test_synthetic_train_domains_are_unpaired(shapes: DomainData) -> None:
     overlap = [outline_inside_fill(shapes.train_a[i][0], shapes.train_b[i][0]) for i in range(64)]
     assert sum(overlap) / len(overlap) < 0.6
     assert [shapes.train_a[i][1] for i in range(64)] != [shapes.train_b[i][1] for i in range(64)]
+
+
+def test_the_scene_judge_accepts_each_true_scene_and_rejects_a_wrong_shape_colour_or_place() -> None:
+    data = synthetic(train_size=2, test_size=64)
+    judge, indices = data.judge_scenes, torch.arange(64)
+    truth = {
+        domain: torch.stack([item[0] for item in test]) for domain, test in (("a", data.test_a), ("b", data.test_b))
+    }
+    for domain in ("a", "b"):
+        assert judge(truth[domain], indices, domain).all()
+        assert judge(torch.roll(truth[domain], 1, dims=3), indices, domain).all()  # one pixel off is still right
+        assert not judge(torch.roll(truth[domain], 6, dims=3), indices, domain).any()
+        assert judge(truth[domain][torch.roll(indices, 1)], indices, domain).float().mean() < 0.1  # another scene
+        for column, change in ((0, 1 / len(SHAPES)), (4, 0.1)):  # the next shape; a hue 36 degrees on
+            scenes = judge.scenes.copy()
+            scenes[:, column] = (scenes[:, column] + change) % 1
+            drawn = torch.from_numpy(_render_shapes(scenes, 32, domain)).float() / 127.5 - 1
+            assert not judge(drawn, indices, domain).any()
+    # The untranslated input has the other domain's background, so its whole frame reads as a shape.
+    assert not judge(truth["a"], indices, "b").any() and not judge(truth["b"], indices, "a").any()
+
+
+def test_synthetic_colours_follow_the_shape_unless_any_is_asked() -> None:
+    scenes = synthetic(train_size=2, test_size=256).judge_scenes.scenes
+    assert ((scenes[:, 4] * 360).round() == np.array(SHAPE_HUES)[(scenes[:, 0] * len(SHAPES)).astype(int)]).all()
+    assert len(set(synthetic(train_size=2, test_size=64, colours="any").judge_scenes.scenes[:, 4])) == 64
 
 
 # -------------------------------------------------------------------------------------------- image folders

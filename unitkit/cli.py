@@ -17,15 +17,18 @@ import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from unitkit.errors import UnitkitError
 from unitkit.plugins import PluginSet, load_plugins
-from unitkit.recipe import RecipeError, load_recipe
+from unitkit.recipe import RecipeError, load_recipe, schema_markdown
 from unitkit.registry import KIND_LABELS, RegistryError
-from unitkit.report import format_cell
+from unitkit.report import baseline_label, baselines_of, format_cell
 
-console = Console()
-errors = Console(stderr=True)
+# rich neither wraps nor cuts messages (soft_wrap): a terminal folds a long line itself, and a log file or a pipe
+# gets it whole, where rich would break it at 80 columns. Tables go through print_table.
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(message: str, code: int) -> None:
@@ -55,9 +58,7 @@ def plugins_with_warnings() -> PluginSet:
     """Load plugins; report each failed plugin as a one-line warning and carry on."""
     plugins = load_plugins()
     for failure in plugins.failures:
-        errors.print(
-            f"[yellow]warning:[/] {escape(str(failure))}; run `unitkit list-plugins` for details", highlight=False
-        )
+        errors.print(f"[yellow]warning:[/] {escape(str(failure))}; the other plugins are loaded", highlight=False)
     return plugins
 
 
@@ -83,52 +84,140 @@ def main() -> None:
     """
 
 
+#: A column that gives way to the console's width (the descriptions of ``list-plugins``) is left out where
+#: fewer characters than this are left for it.
+MIN_SHRUNK_COLUMN = 12
+
+
+def print_table(table: Table, shrink_last: bool = False) -> None:
+    """Print ``table`` with every cell on one line, so that no name or number is split across lines (``grep``
+    finds it whole in a pipe, a log file or a narrow terminal).
+
+    The table is as wide as its content, wider than the console where it must be (rich would otherwise wrap
+    cells to 80 columns in a pipe). With ``shrink_last`` the last column alone gives way to the console's width:
+    its cells are cut with an ellipsis, and the column is left out where too little room is left for it.
+    """
+    for column in table.columns:
+        column.no_wrap = True
+    if shrink_last and table.columns:
+        last = table.columns[-1]
+        last.width = 1  # measure the other columns
+        room = console.width - (_table_width(table) - 1)
+        last.width = None
+        if room < MIN_SHRUNK_COLUMN:
+            table.columns.pop()
+        else:
+            last.overflow, last.max_width = "ellipsis", room
+    needed = _table_width(table)
+    if isinstance(table.title, str) and Text.from_markup(table.title).cell_len > needed:
+        # rich wraps a title to the table's width, splitting a run directory's path: a line of its own instead
+        console.print(table.title, highlight=False)
+        table.title = None
+    out = console
+    if needed > console.width:  # lines wider than the console (a terminal folds them) rather than cells split
+        out = Console(file=console.file, width=needed, color_system=console.color_system)
+    out.print(table)
+
+
+def print_metrics(results: dict[str, Any], title: str) -> None:
+    """Print metrics as a table, each beside the baselines it has to beat (:data:`unitkit.report.BASELINES`)."""
+    baselines = {baseline for name in results for baseline in baselines_of(name) if baseline in results}
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("baselines")
+    for name, value in results.items():
+        if name not in baselines:
+            beside = [
+                f"{baseline_label(name, b)} {format_cell(results[b])}" for b in baselines_of(name) if b in results
+            ]
+            table.add_row(name, format_cell(value), ", ".join(beside))
+    print_table(table)
+
+
+def _table_width(table: Table) -> int:
+    return console.measure(table, options=console.options.update_width(100_000)).maximum
+
+
 @main.command("list-plugins")
-def list_plugins() -> None:
-    """List every registered component, the plugin and package that provided it, and failed plugins.
+@click.option("--json", "as_json", is_flag=True, help="Print the listing as a JSON list, for scripts.")
+def list_plugins(as_json: bool) -> None:
+    """List every registered component, the package (and version) that provided it, and failed plugins.
+
+    Names are printed whole, one component a line; descriptions are cut to the terminal's width. --json prints
+    a list of objects with the keys kind (the registry, e.g. "discriminators"), name, plugin (the entry point),
+    package, version, description and error (null, or why the plugin failed: such an object has no kind or
+    name).
 
     \b
-    Example:
+    Examples:
       unitkit list-plugins
+      unitkit list-plugins | grep patch
+      unitkit list-plugins --json | jq -r '.[] | select(.kind == "discriminators") | .name'
     Set UNITKIT_DISABLE_PLUGIN_AUTOLOAD=1 to load only the built-in components.
     """
     plugins = load_plugins()
-    table = Table(title="unitkit components", show_lines=False)
-    for column in ("registry", "name", "plugin", "package", "version", "status", "description"):
-        table.add_column(column, overflow="fold")
+    if as_json:
+        listing = [
+            {"kind": registry.kind, "name": entry.name, "plugin": entry.provider.plugin,
+             "package": entry.provider.package, "version": entry.provider.version, "description": entry.summary,
+             "error": None}
+            for registry in plugins.registries
+            for entry in registry
+        ]  # fmt: skip
+        listing += [
+            {"kind": None, "name": None, "plugin": failure.plugin, "package": failure.package, "version": None,
+             "description": None, "error": failure.error}
+            for failure in plugins.failures
+        ]  # fmt: skip
+        click.echo(json.dumps(listing, indent=2))
+        return
+    table = Table(title="unitkit components", box=None, pad_edge=False, header_style="bold")
+    for column in ("registry", "name", "package", "version", "description"):
+        table.add_column(column)
     for registry in plugins.registries:
         for entry in registry:
             p = entry.provider
-            table.add_row(
-                KIND_LABELS[registry.kind],
-                entry.name,
-                p.plugin,
-                p.package,
-                p.version,
-                "[green]ok[/]",
-                escape(entry.summary),
-            )
+            table.add_row(KIND_LABELS[registry.kind], entry.name, p.package, p.version, escape(entry.summary))
+    print_table(table, shrink_last=True)
     for failure in plugins.failures:
-        table.add_row("-", "-", failure.plugin, failure.package, "", "[red]failed[/]", escape(failure.error))
-    console.print(table)
+        console.print(f"[red]{escape(str(failure))}[/]", highlight=False)
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @set_option
 @click.option("--ablation", default="", help="Apply the recipe's [ablations.NAME] table first.")
+@click.option(
+    "--schema",
+    is_flag=True,
+    help="Instead, print the reference of every recipe table and key (markdown): type, default, range, "
+    "description, and each registered component kind's settings.",
+)
 @friendly_errors
-def show(recipe: Path, overrides: tuple[str, ...], ablation: str) -> None:
+def show(recipe: Path | None, overrides: tuple[str, ...], ablation: str, schema: bool) -> None:
     """Validate RECIPE and print it resolved (defaults filled in) with the model's parameter counts.
+
+    With --schema (and no RECIPE), print the reference of every recipe key instead; docs/recipes.md is that
+    reference for the built-in components.
 
     \b
     Examples:
       unitkit show recipes/quickstart.toml
       unitkit show recipes/cats.toml --set model.sharing.kind=none
       unitkit show recipes/cats.toml --ablation no-sharing
+      unitkit show --schema | less
+      UNITKIT_DISABLE_PLUGIN_AUTOLOAD=1 unitkit show --schema > docs/recipes.md
     """
     from unitkit.model import build_model, parameter_report
 
+    if schema:
+        if recipe or overrides or ablation:
+            raise click.UsageError("--schema describes every recipe; it takes no RECIPE, --set or --ablation")
+        click.echo(schema_markdown(plugins_with_warnings().registries), nl=False)
+        return
+    if recipe is None:
+        raise click.UsageError("give a RECIPE to show, or --schema for the reference of every recipe key")
     plugins = plugins_with_warnings()
     resolved = load_recipe(recipe, plugins.registries, overrides, ablation)
     console.print(f"[bold]# {resolved.name}[/]" + (f" (ablation {ablation})" if ablation else ""), highlight=False)
@@ -149,7 +238,7 @@ def show(recipe: Path, overrides: tuple[str, ...], ablation: str) -> None:
     table.add_row("shared by D_a and D_b", f"{report.shared_discriminator:,}")
     table.add_row("[bold]E+G total (shared once)", f"{report.generator_total:,}")
     table.add_row("[bold]D total (shared once)", f"{report.discriminator_total:,}")
-    console.print(table)
+    print_table(table)
 
 
 def _run_dir(out: Path | None, name: str, ablation: str) -> Path:
@@ -311,6 +400,9 @@ def run(
         )
         if main_process:  # rank 0 alone wrote evaluation.json
             rows.append(result_row(resolved.ablation or "base", run_dir))
+            evaluation = run_dir / "evaluation.json"
+            if sweep_dir is None and evaluation.exists():
+                print_metrics(json.loads(evaluation.read_text(encoding="utf-8")), f"final evaluation ({evaluation})")
     if sweep_dir is not None and main_process:
         _write_sweep_results(rows, sweep_dir, recipes[0].name)
 
@@ -331,11 +423,7 @@ def print_results(rows: list[dict]) -> None:
         table.add_column(column, justify="left" if column == "variant" else "right")
     for row in rows:
         table.add_row(*(format_cell(row.get(c)) for c in columns))
-    out = console
-    if not console.is_terminal:  # a log file or a pipe: as wide as the table, not cut to 80 columns
-        widest = console.measure(table, options=console.options.update_width(10_000)).maximum
-        out = Console(file=console.file, width=widest)
-    out.print(table)
+    print_table(table)
 
 
 @main.command()
@@ -394,12 +482,7 @@ def evaluate(
         max_images=fid_images,
     )
     output.write_text(json.dumps(results, indent=2), encoding="utf-8")
-    table = Table(title=f"evaluation of {checkpoint.name}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name, value in results.items():
-        table.add_row(name, format_cell(value))
-    console.print(table)
+    print_metrics(results, f"evaluation of {checkpoint.name}")
     console.print(f"wrote {output}" + (f" and {figure}" if figure.exists() else ""), highlight=False)
 
 

@@ -11,6 +11,7 @@ Arguments that unitkit supplies itself, rather than the recipe, are listed per r
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -133,7 +134,10 @@ class DomainData:
 
     Every item of the four datasets is ``(image, label)``: a float tensor (C, H, W) in [-1, 1] and an int class
     label (-1 where the dataset has none). ``paired_test`` says that ``test_a[i]`` and ``test_b[i]`` show the
-    same content in the two domains (a ground-truth translation), which pixel accuracy needs.
+    same content in the two domains (a ground-truth translation), which pixel accuracy needs. Where the factory
+    knows what each test scene shows, ``judge_scenes(translations, indices, domain)`` says for each translation
+    into ``domain`` of the test images at ``indices`` whether it shows that scene (bool (N,)); evaluation reports
+    the share as ``scene_accuracy_*``.
     """
 
     train_a: Dataset
@@ -144,6 +148,7 @@ class DomainData:
     image_size: int
     paired_test: bool = False
     num_classes: int = 0
+    judge_scenes: Callable[[Tensor, Tensor, str], Tensor] | None = None
 
 
 class Logger:

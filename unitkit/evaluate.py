@@ -63,30 +63,42 @@ def floor_colour(dataset: Dataset, limit: int = 256, candidates: int = 64, toler
     return (choices[hits.argmax()] / 127.5 - 1).view(-1, 1, 1)
 
 
-def paired_pixel_accuracy(
-    model: UNIT, data: DomainData, device: torch.device, batch_size: int = 64
-) -> dict[str, float]:
-    """Pixel accuracy of A→B and B→A translations of the paired test sets against their ground truth.
+def paired_accuracy(model: UNIT, data: DomainData, device: torch.device, batch_size: int = 64) -> dict[str, float]:
+    """How A→B and B→A translations of the paired test sets match their ground truth, beside trivial baselines.
 
-    Also ``pixel_accuracy_floor_*``: the accuracy of painting every image in the one colour that most of the
-    target domain's training pixels are close to (:func:`floor_colour`). On mostly-uniform targets (maps, label
-    maps) this constant scores high, and a translation is only worth its pixel accuracy above it.
+    ``pixel_accuracy_*``, with ``pixel_accuracy_floor_*``: the accuracy of painting every image in the one colour
+    that most of the target domain's training pixels are close to (:func:`floor_colour`). On mostly-uniform targets
+    (maps, label maps) this constant scores high, and a translation is only worth its pixel accuracy above it.
+    Where the data knows its test scenes (``data.judge_scenes``), also ``scene_accuracy_*``: the share of
+    translations that show their scene, with the same judgement of the untranslated input
+    (``scene_accuracy_untranslated_*``) and of that one colour (``scene_accuracy_constant_*``).
     """
-    hits = {"a2b": 0.0, "b2a": 0.0, "floor_a2b": 0.0, "floor_b2a": 0.0}
+    judge = data.judge_scenes
     colours = {"a": floor_colour(data.train_a).to(device), "b": floor_colour(data.train_b).to(device)}
+    sums: dict[str, float] = {}
+
+    def add(name: str, value: float) -> None:
+        sums[name] = sums.get(name, 0.0) + value
+
     count = 0
     with evaluation_mode(model):
         batches_a = DataLoader(data.test_a, batch_size=batch_size)
         batches_b = DataLoader(data.test_b, batch_size=batch_size)
         for (x_a, _), (x_b, _) in zip(batches_a, batches_b, strict=True):
-            x_a, x_b = x_a.to(device), x_b.to(device)
-            n = len(x_a)
-            hits["a2b"] += pixel_accuracy(model.translate(x_a, "a"), x_b) * n
-            hits["b2a"] += pixel_accuracy(model.translate(x_b, "b"), x_a) * n
-            hits["floor_a2b"] += pixel_accuracy(colours["b"].expand_as(x_b), x_b) * n
-            hits["floor_b2a"] += pixel_accuracy(colours["a"].expand_as(x_a), x_a) * n
-            count += n
-    return {f"pixel_accuracy_{k}": v / count for k, v in hits.items()}
+            x = {"a": x_a.to(device), "b": x_b.to(device)}
+            indices = torch.arange(count, count + len(x_a))
+            directions = {"a2b": ("a", "b"), "b2a": ("b", "a")}
+            translated = {d: model.translate(x[source], source) for d, (source, _) in directions.items()}
+            constant = {d: colours[target].expand_as(x[target]) for d, (_, target) in directions.items()}
+            if judge is not None:  # the headline where there is one, so first
+                for d, (source, target) in directions.items():
+                    for name, images in (("", translated[d]), ("untranslated_", x[source]), ("constant_", constant[d])):
+                        add(f"scene_accuracy_{name}{d}", judge(images, indices, target).sum().item())
+            for d, (_, target) in directions.items():
+                add(f"pixel_accuracy_{d}", pixel_accuracy(translated[d], x[target]) * len(indices))
+                add(f"pixel_accuracy_floor_{d}", pixel_accuracy(constant[d], x[target]) * len(indices))
+            count += len(indices)
+    return {name: total / count for name, total in sums.items()}
 
 
 def confusion_matrices(model: UNIT, data: DomainData, device: torch.device, batch_size: int = 500) -> dict[str, Tensor]:
@@ -130,7 +142,7 @@ def evaluate_run(
     """
     results: dict[str, float] = {}
     if data.paired_test:
-        results.update(paired_pixel_accuracy(model, data, device))
+        results.update(paired_accuracy(model, data, device))
     if model.dis_a.num_classes and data.num_classes:
         confusions = confusion_matrices(model, data, device)
         accuracies = classification_accuracy(confusions)
@@ -193,7 +205,15 @@ def fid_kid(
 
 #: Metrics logged during training whose best value is the highest (FID and KID are lower-is-better, so they
 #: get no "best").
-HIGHER_IS_BETTER = {"accuracy_a", "accuracy_b", "accuracy_b2a", "pixel_accuracy_a2b", "pixel_accuracy_b2a"}
+HIGHER_IS_BETTER = {
+    "accuracy_a",
+    "accuracy_b",
+    "accuracy_b2a",
+    "pixel_accuracy_a2b",
+    "pixel_accuracy_b2a",
+    "scene_accuracy_a2b",
+    "scene_accuracy_b2a",
+}
 
 
 def best_logged(log_path: Path, prefix: str = "eval/") -> dict[str, float]:

@@ -14,6 +14,7 @@ import inspect
 import os
 import re
 import tomllib
+import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,6 +23,7 @@ import pydantic
 import tomli_w
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from unitkit.plugins import BUILTIN_DISTRIBUTION
 from unitkit.registry import KIND_LABELS, PROVIDED_ARGUMENTS, Registries
 
 #: Environment variable naming the folder of real datasets; recipes write it as ``${UNITKIT_DATA}``.
@@ -59,11 +61,11 @@ class TrainSettings(BaseModel):
     seed: int = Field(0, description="seeds weights, noise and data order")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto picks CUDA when present")
     lr: Annotated[float, Field(gt=0)] = Field(1e-4, description="Adam learning rate (both optimisers)")
-    beta1: Unit = 0.5
-    beta2: Unit = 0.999
-    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    beta1: Unit = Field(0.5, description="Adam β1")
+    beta2: Unit = Field(0.999, description="Adam β2")
+    weight_decay: Annotated[float, Field(ge=0)] = Field(1e-4, description="Adam's L2 penalty on the weights")
     lr_step: NonNegative = Field(100_000, description="multiply lr by lr_gamma every lr_step iterations; 0: constant")
-    lr_gamma: Annotated[float, Field(gt=0, le=1)] = 0.5
+    lr_gamma: Annotated[float, Field(gt=0, le=1)] = Field(0.5, description="the factor of each lr_step")
     num_workers: NonNegative = Field(0, description="data-loading worker processes")
     log_every: Positive = Field(10, description="iterations between logged losses")
     sample_every: Positive = Field(10_000, description="iterations between sample grids")
@@ -139,15 +141,17 @@ class RecipeSchema(BaseModel):
     """The whole recipe file."""
 
     model_config = _STRICT
-    name: str = ""
-    description: str = ""
+    name: str = Field("", description="names the run directory (runs/NAME); empty: the file's name")
+    description: str = Field("", description="what the recipe is for, in a line, for people")
     data: dict[str, Any]
     model: ModelSettings = Field(default_factory=ModelSettings)
     objective: ObjectiveSettings = Field(default_factory=ObjectiveSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
     loggers: list[dict[str, Any]] = Field(default_factory=lambda: [{"kind": "jsonl"}])
-    ablations: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    ablations: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="variants of the recipe: tables of dotted-key overrides, one per variant"
+    )
 
 
 #: Recipe path of each component table → the registry its kind is looked up in.
@@ -530,3 +534,173 @@ def load_recipe(
     parsed = dict(parse_override(o) for o in overrides)
     raw = apply_overrides(raw, parsed, f"{origin} (--set)")
     return validate(raw, registries, origin, ablation)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The reference of every table and key (``unitkit show --schema``, docs/recipes.md), read from the schema above and
+# from the registered components' signatures, so it says what the validator does.
+
+SCHEMA_INTRO = """\
+# Recipe reference
+
+A recipe is a TOML file that describes one run. Its fixed tables (`[model]`, `[objective]`, `[train]`,
+`[evaluate]`) hold the settings listed below. Its component tables (`[data]`, `[model.encoder]`,
+`[model.generator]`, `[model.discriminator]`, `[model.sharing]`, `[objective.gan_loss]`,
+`[objective.reconstruction_loss]` and each `[[loggers]]` table) name a registered component with `kind`, and
+hold that kind's settings, which come from the component's signature. A key left out takes its default; an
+unknown key, a value of the wrong type or one out of range stops the run before it starts, with a message that
+names the key. `unitkit show RECIPE` prints a recipe with every default filled in.
+
+`--set KEY=VALUE` changes any key from the command line: a dotted key and a TOML value, e.g.
+`--set train.iterations=200`, `--set train.lr=2e-4`, `--set data.root=/data/cats` (a bare word is a string).
+Setting a component's `kind` drops the settings of the kind it replaces: `--set model.sharing.kind=none`. An
+`[ablations.NAME]` table holds such dotted keys, e.g. `"objective.cycle" = 0.0`; `unitkit run --ablation NAME`
+applies it before the `--set` values, and `--all-ablations` runs the recipe and each of its ablations. A string
+may hold `${UNITKIT_DATA}`, the folder of real datasets.
+
+Each table below lists its keys with their type, default ("required": no default), allowed range or values,
+and description. The file is generated from the code, with the built-in components only:
+`UNITKIT_DISABLE_PLUGIN_AUTOLOAD=1 unitkit show --schema > docs/recipes.md`; `unitkit show --schema` also lists
+the kinds of the installed plugins.
+"""
+
+_COLUMNS = "| key | type | default | range or values | description |\n| --- | --- | --- | --- | --- |"
+_TYPE_NAMES = {bool: "boolean", int: "integer", float: "float", str: "string", dict: "table", list: "array"}
+_LOGGERS = ("loggers",)  # the array of logger tables: component tables, but not one of COMPONENT_TABLES
+
+
+def _toml_value(value: Any) -> str:
+    """``value`` as TOML writes it, tables inline."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }" if value else "{}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(map(_toml_value, value)) + "]"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:_}"  # TOML reads 1_000_000 too
+    try:
+        return tomli_w.dumps({"v": value}).removeprefix("v = ").strip()
+    except TypeError:  # a default TOML cannot write (None, a Path, an Enum): a plugin's signature may hold one
+        return repr(value)
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _type_and_values(annotation: Any) -> tuple[str, str]:
+    """The type of a key (``integer``, ``boolean or "auto"``...) and, for a choice of values, the values."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        values = typing.get_args(annotation)
+        return _TYPE_NAMES.get(type(values[0]), "any"), ", ".join(f"`{_toml_value(v)}`" for v in values)
+    if origin is Annotated:  # inside a list or a union, where pydantic leaves the metadata on the type
+        return _type_and_values(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        parts = [
+            " or ".join(f"`{_toml_value(v)}`" for v in typing.get_args(arg))
+            if typing.get_origin(arg) is Literal
+            else _type_and_values(arg)[0]
+            for arg in typing.get_args(annotation)
+            if arg is not type(None)  # TOML has no null: such a key is set or left out
+        ]
+        return " or ".join(parts), ""
+    if origin is list:
+        return f"array of {_type_and_values(typing.get_args(annotation)[0])[0]}s", ""
+    return _TYPE_NAMES.get(origin or annotation, "any"), ""
+
+
+def _range(info: Any) -> str:
+    bounds = []
+    for item in info.metadata:
+        for attr, sign in (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤")):
+            if getattr(item, attr, None) is not None:
+                bounds.append(f"{sign} {_toml_value(getattr(item, attr))}")
+        if getattr(item, "pattern", None):
+            bounds.append(f"matches `{item.pattern}`")
+    return ", ".join(bounds)
+
+
+def _row(key: str, info: Any, description: str = "") -> str:
+    kind, values = _type_and_values(info.annotation)
+    value = None if info.is_required() else info.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):  # a table of its own: its keys' defaults are listed in its section
+        kind, default = "table", ""
+    else:
+        default = "required" if info.is_required() else "unset" if value is None else f"`{_toml_value(value)}`"
+    alias = info.validation_alias
+    also = [a for a in alias.choices if a != key] if isinstance(alias, AliasChoices) else []
+    description = description or info.description or ""
+    if also:
+        description += f" (also written {', '.join(f'`{a}`' for a in also)})"
+    cells = [f"`{key}`", kind, default, ", ".join(filter(None, [values, _range(info)])), description]
+    return "| " + " | ".join(_cell(c) for c in cells) + " |"
+
+
+def _fixed_model(info: Any) -> type[BaseModel] | None:
+    """The model of a fixed table (``[train]``...) declared by field ``info``; None for other fields."""
+    annotation = info.annotation
+    return annotation if inspect.isclass(annotation) and issubclass(annotation, BaseModel) else None
+
+
+def _table_heading(loc: tuple[str, ...]) -> str:
+    return "`[[loggers]]`" if loc == _LOGGERS else f"`[{'.'.join(loc)}]`"
+
+
+def _fixed_table(title: str, model: type[BaseModel], loc: tuple[str, ...]) -> str:
+    lines = [f"## {title}", ""]
+    doc = inspect.getdoc(model) or ""
+    if loc and doc:
+        lines += [doc, ""]
+    lines.append(_COLUMNS)
+    for key, info in model.model_fields.items():
+        here = (*loc, key)
+        if here in COMPONENT_TABLES or here == _LOGGERS:
+            label = KIND_LABELS[COMPONENT_TABLES.get(here, "loggers")]
+            what = "one table for each logger" if here == _LOGGERS else f"the {label}"
+            lines.append(_row(key, info, f"{what}: a component table, see {_table_heading(here)}"))
+        elif _fixed_model(info):
+            lines.append(_row(key, info, f"see {_table_heading(here)}"))
+        else:
+            lines.append(_row(key, info))
+    return "\n".join(lines) + "\n"
+
+
+def _component_table(registries: Registries, loc: tuple[str, ...], registry_kind: str) -> str:
+    label = KIND_LABELS[registry_kind]
+    lines = [f"## {_table_heading(loc)}", ""]
+    if loc == _LOGGERS:
+        loggers = _toml_value(RecipeSchema.model_fields["loggers"].get_default(call_default_factory=True))
+        lines.append(f"Each `[[loggers]]` table is a {label}; the default is `loggers = {loggers}`.")
+    else:
+        default = _default_kind(loc)
+        chosen = f'the default is `kind = "{default}"`' if default else "`kind` is required"
+        lines.append(f"The {label}: `kind` picks one of the kinds below ({chosen}), the other keys are its settings.")
+    lines.append("")
+    for entry in registries[registry_kind]:
+        provider = entry.provider
+        source = "" if provider.package == BUILTIN_DISTRIBUTION else f" (from {provider.package} {provider.version})"
+        lines += [f'### {_table_heading(loc)} kind = "{entry.name}"{source}', ""]
+        doc = inspect.getdoc(entry.factory) or ""
+        if doc:
+            lines += [doc, ""]
+        fields = settings_model(registries, registry_kind, entry.name).model_fields
+        if fields:
+            lines += [_COLUMNS, *(_row(key, info) for key, info in fields.items()), ""]
+        else:
+            lines += ["No settings.", ""]
+    return "\n".join(lines)
+
+
+def schema_markdown(registries: Registries) -> str:
+    """The reference of recipes as markdown: every fixed table and key with its type, default, range and
+    description, then each component table with every registered kind and its settings.
+
+    ``docs/recipes.md`` is this text for the built-in components (``unitkit show --schema`` prints it).
+    """
+    sections = [SCHEMA_INTRO, _fixed_table("The top level", RecipeSchema, ())]
+    for name, info in RecipeSchema.model_fields.items():
+        if model := _fixed_model(info):
+            sections.append(_fixed_table(_table_heading((name,)), model, (name,)))
+    for loc, registry_kind in {**COMPONENT_TABLES, _LOGGERS: "loggers"}.items():
+        sections.append(_component_table(registries, loc, registry_kind))
+    return "\n".join(sections).rstrip("\n") + "\n"

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ from unitkit.model import UNIT, build_model
 from unitkit.objective import discriminator_loss, generator_losses, translate_both
 from unitkit.recipe import ObjectiveSettings, Recipe, RecipeError, TrainSettings, changes_on_resume
 from unitkit.registry import Registries
-from unitkit.report import plot_losses, sample_grid, write_index
+from unitkit.report import RunStatus, plot_losses, sample_grid, write_index
 
 
 @dataclass
@@ -128,7 +129,10 @@ def stop_requests(at_once: bool = False) -> Iterator[list[str]]:
             signal.signal(signum, old)
 
 
-def _progress(console: Console) -> Progress:
+def _progress(console: Console) -> Progress | LineProgress:
+    """A live bar on a terminal; in a log file or a pipe, a whole plain line per logged step."""
+    if not (console.is_terminal or console.is_jupyter):  # a notebook shows rich's live bar too
+        return LineProgress(console)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -141,6 +145,42 @@ def _progress(console: Console) -> Progress:
         console=console,
         transient=False,
     )
+
+
+class LineProgress:
+    """Training progress for a log file or a pipe, with the part of rich's ``Progress`` interface the loop uses.
+
+    There rich would draw nothing until the end, and then one bar cut to the console's width (80 columns unless
+    COLUMNS says otherwise). This prints, for each update that brings losses (a logged step), one plain line
+    that nothing cuts: the run's name, the step, seconds per iteration, time spent and left, and the losses.
+    """
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.description, self.total, self.first, self.started = "", 0, 0, 0.0
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def add_task(self, description: str, total: int, completed: int = 0, **fields: str) -> int:
+        self.description, self.total, self.first = description, total, completed
+        self.started = time.perf_counter()
+        return 0
+
+    def update(self, task: int, completed: int, losses: str = "", **fields: str) -> None:
+        if not losses:  # an iteration that logged nothing
+            return
+        spent = time.perf_counter() - self.started
+        per_step = spent / max(completed - self.first, 1)
+        left = per_step * max(self.total - completed, 0)
+        line = (
+            f"{self.description}  step {completed:,}/{self.total:,}  {per_step:.3g} s/it  "
+            f"elapsed {timedelta(seconds=round(spent))}  eta {timedelta(seconds=round(left))}  {losses}"
+        )
+        self.console.print(line, markup=False, highlight=False, emoji=False, soft_wrap=True)
 
 
 class Synced(nn.Module):
@@ -386,7 +426,7 @@ def train(
                                  device, cfg.keep_checkpoints, seconds=run_seconds())  # fmt: skip
         return path
 
-    def samples() -> None:
+    def samples(state: str = "running") -> None:
         if not shard.is_main:
             return
         with rng_set_aside(device):
@@ -394,7 +434,14 @@ def train(
         for logger in loggers:
             logger.log_image(step, "samples", str(path))
         plot_losses(run_dir / "log.jsonl", run_dir / "losses.png")
-        write_index(run_dir, recipe.name, f"iteration {step:,} of {cfg.iterations:,}")
+        page(state)
+
+    def page(state: str, note: str = "") -> None:  # index.html, for rank 0 to call
+        done, seconds = step - start_step, loop_seconds or time.perf_counter() - started
+        precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(unit.dtype, "fp32")
+        where = f"{device} × {shard.world} processes" if shard.world > 1 else str(device)
+        write_index(run_dir, recipe.name, RunStatus(state, step, cfg.iterations, seconds / done if done else None,
+                                                    run_seconds(), where, precision, note))  # fmt: skip
 
     def log_evaluation(results: dict[str, float]) -> dict[str, float]:
         for logger in loggers if results else []:
@@ -421,6 +468,7 @@ def train(
         return None if earlier_seconds is None else earlier_seconds + time.perf_counter() - started
 
     start_step, started = step, time.perf_counter()
+    loop_seconds = None  # the training loop's wall time once it ended, for the page's seconds per iteration
     progress = _progress(console) if show_progress and shard.is_main else None
     task = progress.add_task(recipe.name, total=cfg.iterations, completed=step, speed="", losses="") if progress else 0
     stopped_by, skipped_updates = "", 0
@@ -463,11 +511,19 @@ def train(
             if shard.is_main:
                 kept = ckpt.list_checkpoints(checkpoints)
                 console.print(f"[yellow]left at once[/]; the newest checkpoint is {kept[-1] if kept else 'none'}")
+                with suppress(Exception):  # the page must not turn the exit into another error
+                    page("stopped", "left at once (a second Ctrl-C); the newest checkpoint is kept")
             raise
+        except Exception as exc:
+            if shard.is_main:
+                with suppress(Exception):  # the page must not hide the error (one raised here would replace it)
+                    page("failed", str(exc))
+            raise
+        loop_seconds = time.perf_counter() - started
         if stopped_by and step > start_step:  # stopped between log steps: the weights to save are unchecked
             losses_as_floats(terms, terms_d, step, cfg.on_nonfinite, unit.votes)
         path = save()
-        samples()
+        samples("stopped" if stopped_by else "evaluating")
         unit.votes.barrier()
         unreadable = sum(getattr(d, "skipped", 0) for d in (data.train_a, data.train_b))
         if unreadable and shard.is_main:
@@ -493,7 +549,9 @@ def train(
                 if cfg.eval_every:
                     results |= best_logged(run_dir / "log.jsonl")
                 (run_dir / "evaluation.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
-            write_index(run_dir, recipe.name, f"finished: {step:,} iterations")
+            page("finished")
+        elif shard.is_main:
+            page("stopped", f"stopped by {interrupted}; continue it with --resume")
     return RunResult(run_dir, step, path, time.perf_counter() - started, interrupted, skipped_updates)
 
 

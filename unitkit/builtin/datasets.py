@@ -78,11 +78,19 @@ _SHAPE_SDFS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray
     "cross": lambda x, y, r: np.minimum(_box(x, y, r, 0.42 * r), _box(x, y, 0.42 * r, r)),
 }
 SHAPES = tuple(_SHAPE_SDFS)
+# Each domain's style: the shape's colour saturation and value (its hue is the scene's), and the background grey.
+# A draws bright fills on dark, B darker, fully saturated outlines on light.
+_STYLES = {"a": (0.75, 1.0, 0.1), "b": (1.0, 0.55, 0.9)}
 _SPLIT_STREAMS = {"train_a": 0, "train_b": 1, "test": 2}
 
 
-def _render_shapes(u: np.ndarray, size: int, outline: bool) -> np.ndarray:
-    """Render scenes from rows of uniforms (shape, x, y, size, hue) to uint8 (N, 3, size, size)."""
+def _scene_colours(hue: np.ndarray, domain: str) -> np.ndarray:
+    saturation, value, _ = _STYLES[domain]
+    return _hsv_to_rgb(hue, saturation, value)
+
+
+def _render_shapes(u: np.ndarray, size: int, domain: str) -> np.ndarray:
+    """Render scenes from rows of uniforms (shape, x, y, size, hue) in a domain's style to uint8 (N, 3, size, size)."""
     shape = (u[:, 0] * len(SHAPES)).astype(int)
     u = u.astype(np.float32)  # float64 pixel arithmetic would double the build time
     r = size * (0.2 + 0.12 * u[:, 3, None, None])
@@ -93,23 +101,127 @@ def _render_shapes(u: np.ndarray, size: int, outline: bool) -> np.ndarray:
     sdf = np.empty((len(u), size, size), np.float32)
     for k, shape_sdf in enumerate(_SHAPE_SDFS.values()):
         sdf[shape == k] = shape_sdf(x[shape == k], y[shape == k], r[shape == k])
-    if outline:
-        # The band lies inside the filled shape's edge, so both styles share the same silhouette.
+    if domain == "b":
+        # The outline lies inside the filled shape's edge, so both styles share the same silhouette.
         width = max(1.5, size / 16)
         sdf = np.abs(sdf + width / 2) - width / 2
     alpha = np.clip(0.5 - sdf, 0, 1)[:, None]  # one-pixel linear ramp: cheap antialiasing
-    colour = _hsv_to_rgb(u[:, 4], 1.0, 0.55) if outline else _hsv_to_rgb(u[:, 4], 0.75, 1.0)
-    background = np.float32(0.9 if outline else 0.1)
-    image = background + (colour[:, :, None, None].astype(np.float32) - background) * alpha
+    background = np.float32(_STYLES[domain][2])
+    image = background + (_scene_colours(u[:, 4], domain)[:, :, None, None].astype(np.float32) - background) * alpha
     return np.rint(image * 255).astype(np.uint8)
 
 
-def _shape_domain(seed: int, split: str, count: int, size: int, outline: bool) -> ArrayImages:
+# Each shape's hue, in degrees: red circles, yellow squares, spring-green triangles, violet crosses. Unpaired
+# data pins a translation's colours down only where the colour statistics do. With every hue equally likely for
+# every shape, swapping two RGB channels (which a per-domain output layer does at no cost) maps each domain's
+# scenes onto scenes just as likely, and a translation that does it fools the discriminators as well as the right
+# one: trained on such data, the quickstart's translations came out in a reflected hue circle.
+SHAPE_HUES = (0, 60, 150, 270)
+
+
+def _scenes(seed: int, split: str, count: int, colours: str) -> np.ndarray:
     # Row i of a (count, 5) draw does not depend on count, so item i is a function of (seed, split, i) only.
-    u = np.random.default_rng([seed, _SPLIT_STREAMS[split]]).random((count, 5))
+    scenes = np.random.default_rng([seed, _SPLIT_STREAMS[split]]).random((count, 5))
+    if colours == "by-shape":
+        scenes[:, 4] = np.array(SHAPE_HUES)[(scenes[:, 0] * len(SHAPES)).astype(int)] / 360
+    return scenes
+
+
+def _shape_domain(scenes: np.ndarray, size: int, domain: str) -> ArrayImages:
     chunk = max(1, 2**21 // size**2)  # bounds the float temporaries at large image sizes
-    images = np.concatenate([_render_shapes(u[i : i + chunk], size, outline) for i in range(0, count, chunk)])
-    return ArrayImages(torch.from_numpy(images), torch.from_numpy((u[:, 0] * len(SHAPES)).astype(np.int64)), size, 3)
+    images = np.concatenate([_render_shapes(scenes[i : i + chunk], size, domain) for i in range(0, len(scenes), chunk)])
+    labels = torch.from_numpy((scenes[:, 0] * len(SHAPES)).astype(np.int64))
+    return ArrayImages(torch.from_numpy(images), labels, size, 3)
+
+
+_FOREGROUND = 0.2  # off the background: a channel differs by more than this (shape colours: 0.9 or more)
+
+
+def _distance_from_background(images: Tensor, domain: str) -> tuple[Tensor, Tensor]:
+    x = (images.float().cpu() + 1) / 2
+    return x, (x - _STYLES[domain][2]).abs().amax(1)
+
+
+def shape_colours(images: Tensor, domain: str) -> Tensor:
+    """The colour of each image's shape, (N, 3) in [0, 1]: the per-channel median of its strongest pixels (at
+    least 80 % of its largest difference from the background), i.e. a fill's or an outline's colour without the
+    antialiased edge, which blends it with the background."""
+    x, distance = _distance_from_background(images, domain)
+    strong = distance >= 0.8 * distance.amax((1, 2), keepdim=True)
+    return torch.stack([x[i][:, strong[i]].median(1).values for i in range(len(x))])
+
+
+def silhouettes(images: Tensor, domain: str) -> Tensor:
+    """Where each scene's shape is, (N, H, W) bool: the pixels off the domain's background, outlines filled in.
+
+    A pixel is off the background when a channel differs from it by more than :data:`_FOREGROUND`. The
+    background is what the image border reaches through background pixels (4-connected); everything else, the
+    inside of an outline included, is the shape. A broken outline lets the background in and scores as such.
+    """
+    shape = _distance_from_background(images, domain)[1] > _FOREGROUND
+    outside = torch.zeros_like(shape)
+    outside[:, [0, -1], :], outside[:, :, [0, -1]] = True, True
+    outside &= ~shape
+    cross = torch.tensor([[0.0, 1, 0], [1, 1, 1], [0, 1, 0]])[None, None]
+    while True:
+        grown = (F.conv2d(outside[:, None].float(), cross, padding=1)[:, 0] > 0) & ~shape
+        if torch.equal(grown, outside):
+            return ~outside
+        outside = grown
+
+
+def hues_of(colours: Tensor) -> Tensor:
+    """The hue of each RGB colour (N, 3) in [0, 1], as a fraction of the colour circle from red (0 for greys)."""
+    top, low = colours.amax(1), colours.amin(1)
+    span = (top - low).clamp(min=1e-6)
+    r, g, b = colours.unbind(1)
+    sector = torch.where(top == r, (g - b) / span, torch.where(top == g, 2 + (b - r) / span, 4 + (r - g) / span))
+    return (sector / 6) % 1
+
+
+def _iou(a: Tensor, b: Tensor) -> Tensor:
+    return (a & b).sum((-2, -1)) / (a | b).sum((-2, -1)).clamp(min=1)
+
+
+class SceneJudge:
+    """Knows each synthetic test scene, and says whether a translation of it shows it (``DomainData.judge_scenes``).
+
+    A translation is right when its silhouette overlaps the scene's by at least :attr:`IOU` (its size and position)
+    and matches the scene's shape better than the same scene drawn as any other shape (a circle and a square of
+    the same size overlap by about 0.82), and its colour is the scene's colour in the target domain's style: a hue
+    within :attr:`HUE_TOLERANCE` degrees and every channel within :attr:`COLOUR_TOLERANCE` levels (of 255).
+    """
+
+    #: A one-pixel shift of the smallest shapes still overlaps by 0.73.
+    IOU = 0.7
+    #: Neighbouring primary and secondary colours (red, yellow, green, ...) are 60 degrees apart.
+    HUE_TOLERANCE = 20
+    #: Keeps the style's brightness and saturation: a pastel outline or a dark fill is the wrong colour.
+    COLOUR_TOLERANCE = 48
+
+    def __init__(self, scenes: np.ndarray, size: int) -> None:
+        self.scenes, self.size = scenes, size
+
+    def __call__(self, translations: Tensor, indices: Tensor, domain: str) -> Tensor:
+        scenes = self.scenes[indices.cpu().numpy()]
+        drawn = silhouettes(translations, domain)
+        overlaps = []
+        for shape in range(len(SHAPES)):  # the true scene drawn as each shape, filled (silhouettes are shared)
+            candidates = scenes.copy()
+            candidates[:, 0] = (shape + 0.5) / len(SHAPES)
+            filled = torch.from_numpy(_render_shapes(candidates, self.size, "a")).float() / 127.5 - 1
+            overlaps.append(_iou(drawn, silhouettes(filled, "a")))
+        overlaps = torch.stack(overlaps, 1)
+        true_shape = torch.from_numpy((scenes[:, 0] * len(SHAPES)).astype(np.int64))
+        iou = overlaps.gather(1, true_shape[:, None])[:, 0]
+        right_shape = (iou >= self.IOU) & (overlaps.argmax(1) == true_shape)
+        drawn_colour, colour = (
+            shape_colours(translations, domain),
+            torch.from_numpy(_scene_colours(scenes[:, 4], domain)),
+        )
+        hue_error = ((hues_of(drawn_colour) - torch.from_numpy(scenes[:, 4]) + 0.5) % 1 - 0.5).abs() * 360
+        close = (drawn_colour - colour.float()).abs().amax(1) * 255 < self.COLOUR_TOLERANCE
+        return right_shape & (hue_error < self.HUE_TOLERANCE) & close
 
 
 def synthetic(
@@ -117,22 +229,27 @@ def synthetic(
     train_size: PositiveInt = 4000,
     test_size: PositiveInt = 256,
     seed: Annotated[int, Field(ge=0)] = 0,
+    colours: Literal["by-shape", "any"] = "by-shape",
 ) -> DomainData:
     """Generated shapes, no files needed: A = filled bright shape on dark, B = thick dark outline on light.
 
-    Each scene is a circle, square, triangle or cross with random position, size and hue (label = shape
-    index). Domain B draws the same scene as an outline in a darker, fully saturated shade of A's hue. Train A
-    and train B are different random scenes (unpaired); ``test_a[i]`` and ``test_b[i]`` are the same scene.
+    Each scene is a circle, square, triangle or cross with random position and size (label = shape index), in
+    its shape's hue (:data:`SHAPE_HUES`; ``colours = "any"``: any hue for any shape, equally likely, which leaves
+    the colours of a translation undetermined by unpaired data). Domain B draws the same scene as an outline in a
+    darker, fully saturated shade of A's hue. Train A and train B are different random scenes (unpaired);
+    ``test_a[i]`` and ``test_b[i]`` are the same scene, and ``judge_scenes`` says whether a translation shows it.
     """
+    test = _scenes(seed, "test", test_size, colours)
     return DomainData(
-        train_a=_shape_domain(seed, "train_a", train_size, image_size, outline=False),
-        train_b=_shape_domain(seed, "train_b", train_size, image_size, outline=True),
-        test_a=_shape_domain(seed, "test", test_size, image_size, outline=False),
-        test_b=_shape_domain(seed, "test", test_size, image_size, outline=True),
+        train_a=_shape_domain(_scenes(seed, "train_a", train_size, colours), image_size, "a"),
+        train_b=_shape_domain(_scenes(seed, "train_b", train_size, colours), image_size, "b"),
+        test_a=_shape_domain(test, image_size, "a"),
+        test_b=_shape_domain(test, image_size, "b"),
         channels=(3, 3),
         image_size=image_size,
         paired_test=True,
         num_classes=len(SHAPES),
+        judge_scenes=SceneJudge(test, image_size),
     )
 
 

@@ -1,8 +1,8 @@
 """Built-in networks: the reference UNIT/MUNIT backbones and the 32x32 coupled VAE of the digits experiments.
 
 Sources: the public UNIT master code (``networks.py``: ContentEncoder, Decoder, MsImageDis, shared with MUNIT) and
-the authors' paper-era domain-adaptation code (COVAE32x32 and its 32x32 discriminator), as summarised in the
-design notes ("The digits setup").
+the authors' paper-era domain-adaptation code (COVAE32x32 and its 32x32 discriminator), as summarised in
+docs/design.md, "The digits setup".
 """
 
 from collections.abc import Callable
