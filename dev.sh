@@ -18,13 +18,16 @@ if [ ! -x "$venv/bin/unitkit-ready" ]; then
     "$venv/bin/pip" install --quiet -r requirements-dev.txt
     printf '#!/bin/sh\n' > "$venv/bin/unitkit-ready" && chmod +x "$venv/bin/unitkit-ready"
 fi
-# Editable installs point at this clone; re-pointing is quick and needs no network.
-"$venv/bin/pip" install --quiet --no-deps --no-build-isolation -e .
-for plugin in plugins/*/; do
-    if [ -f "$plugin/pyproject.toml" ]; then
-        "$venv/bin/pip" install --quiet --no-deps --no-build-isolation -e "$plugin"
-    fi
-done
+# Editable installs point at one clone: re-point them (no network, a few seconds) when another clone used the venv.
+if [ "$(cat "$venv/unitkit-clone" 2>/dev/null)" != "$PWD" ]; then
+    "$venv/bin/pip" install --quiet --no-deps --no-build-isolation -e .
+    for plugin in plugins/*/; do
+        if [ -f "$plugin/pyproject.toml" ]; then
+            "$venv/bin/pip" install --quiet --no-deps --no-build-isolation -e "$plugin"
+        fi
+    done
+    echo "$PWD" > "$venv/unitkit-clone"
+fi
 
 command=${1:-help}
 shift || true
