@@ -32,6 +32,7 @@ VOICE = {
     r"\bdid not outlive\b": "a story of lost machines (say where the run stopped)",
     r"\bthat hour\b": "a story of one measurement's circumstances (give the figures)",
     r"\bmeasured here\b": "'measured here' (name the hardware)",
+    r"\bTBD\b": "a placeholder (fill it in or drop it)",
 }
 _VOICE = [(re.compile(pattern, re.IGNORECASE), why) for pattern, why in VOICE.items()]
 
