@@ -66,6 +66,28 @@ device = "cpu"
 """
 
 
+def tiny_with_data(data_table: str) -> str:
+    """TINY_RECIPE with the lines of its [data] table replaced by ``data_table``."""
+    head, rest = TINY_RECIPE.split("[data]\n", 1)
+    return f"{head}[data]\n{data_table.strip()}\n{rest[rest.index('[model.encoder]') :]}"
+
+
+def invoke(*args: object):
+    """``unitkit ARGS`` in this process; a result whose exception is an exit, never an error that escaped."""
+    from click.testing import CliRunner
+
+    from unitkit.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exc_info
+    return result
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` by relative path, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 @pytest.fixture
 def tiny_recipe(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.toml"
@@ -174,3 +196,56 @@ def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PYTHONPATH", str(folder))
     yield folder
     sys.modules.pop("unitkit_doubled", None)
+
+
+RIVAL_BACKBONES_SOURCE = '''
+from torch import nn
+
+from unitkit import hookimpl
+
+
+class MyNet(nn.Module):
+    """A third-party encoder backbone."""
+
+    def __init__(self, in_channels: int, width: int = 8):
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Conv2d(in_channels, width, 3, padding=1)])
+
+
+@hookimpl
+def unitkit_register_encoders(registry):
+    registry.register("resnet", MyNet)  # taken by unitkit's built-in
+    registry.register("my-net", MyNet)
+'''
+
+HALF_REGISTERING_SOURCE = """
+from unitkit import hookimpl
+
+
+@hookimpl
+def unitkit_register_encoders(registry):
+    registry.register("half-net", dict)
+
+
+@hookimpl
+def unitkit_register_datasets(registry):
+    registry.register("half-data", dict)
+    raise RuntimeError("disk on fire")
+"""
+
+
+@pytest.fixture
+def rival_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Two third-party distributions whose names sort before unitkit, so their entry points come first.
+
+    a-backbones registers encoder 'resnet' (a built-in name) and encoder 'my-net'; a-broken registers encoder
+    'half-net' and dataset 'half-data', then raises from its dataset hook.
+    """
+    folder = tmp_path / "site"
+    make_distribution(folder, "a-backbones", "a_backbones", RIVAL_BACKBONES_SOURCE, version="1.0")
+    make_distribution(folder, "a-broken", "a_broken", HALF_REGISTERING_SOURCE, version="2.0")
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("PYTHONPATH", str(folder))
+    yield folder
+    for module in ("a_backbones", "a_broken"):
+        sys.modules.pop(module, None)

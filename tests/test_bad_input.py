@@ -8,22 +8,15 @@ import string
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from conftest import invoke
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from unitkit.checkpoint import list_checkpoints, load_model_state, read_checkpoint
-from unitkit.cli import main
 from unitkit.errors import CheckpointError
 from unitkit.model import build_model
 from unitkit.recipe import RecipeError, load_recipe, parse_override
-
-
-def invoke(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exc_info
-    return result
 
 
 def folders_recipe(tmp_path: Path, root: Path, **settings: str) -> Path:

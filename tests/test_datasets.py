@@ -21,6 +21,8 @@ from unitkit.builtin.datasets import (
     synthetic,
     unpaired_folders,
 )
+from unitkit.components import BadImageError
+from unitkit.errors import UnitkitWarning
 from unitkit.recipe import data_root
 
 DATA = data_root()
@@ -185,7 +187,8 @@ def test_folders_detect_pairs_by_stem(folders: Path) -> None:
     assert [p.stem for p in data.test_a.paths] == [p.stem for p in data.test_b.paths] == ["0001", "0002", "0003"]
     assert not unpaired_folders(str(folders), image_size=16, paired_test="no").paired_test
     (folders / "testB" / "0003.png").rename(folders / "testB" / "other.png")
-    assert not unpaired_folders(str(folders), image_size=16).paired_test
+    with pytest.warns(UnitkitWarning, match="testA/0003.jpg, testB/other.png"):
+        assert not unpaired_folders(str(folders), image_size=16).paired_test
     with pytest.raises(ValueError, match="same file stems"):
         unpaired_folders(str(folders), image_size=16, paired_test="yes")
 
@@ -218,7 +221,7 @@ def test_an_unreadable_file_of_a_paired_test_set_is_an_error(folders: Path) -> N
 def test_folders_raise_on_unreadable_files(folders: Path) -> None:
     add_bad_files(folders / "trainA")
     data = unpaired_folders(str(folders), image_size=16, bad_files="error")
-    with pytest.raises(ValueError, match="fake.jpg"):
+    with pytest.raises(BadImageError, match="fake.jpg"):
         data.train_a[0]  # sorted by stem, fake.jpg comes first
 
 

@@ -49,9 +49,9 @@ def test_the_reference_lists_every_key_with_its_default_and_range(registries):
     assert row(train, "lr")[1:4] == ["float", "`0.0001`", "> 0"] and TrainSettings().lr == 0.0001
     assert row(train, "precision")[3] == '`"auto"`, `"fp32"`, `"bf16"`, `"fp16"`'
     assert row(section(text, "## `[objective]`"), "kl")[4].endswith("(also written `lambda1`)")
-    # Component settings come from the factory's signature: synthetic(image_size: Annotated[int, Field(ge=8)] = 32)
+    # Component settings come from the factory's signature: synthetic(image_size: Annotated[int, Field(ge=8, ...)])
     synthetic = section(text, '### `[data]` kind = "synthetic"')
-    assert row(synthetic, "image_size")[1:4] == ["integer", "`32`", "≥ 8"]
+    assert row(synthetic, "image_size")[1:4] == ["integer", "`32`", "≥ 8, ≤ 4_096"]
     assert row(section(text, '### `[data]` kind = "unpaired-folders"'), "root")[2] == "required"
     for loc, registry_kind in COMPONENT_TABLES.items():
         for entry in registries[registry_kind]:

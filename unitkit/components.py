@@ -11,12 +11,18 @@ Arguments that unitkit supplies itself, rather than the recipe, are listed per r
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
+from PIL import Image, ImageOps
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
+
+from unitkit.errors import DataError
 
 #: File suffixes read as images: the inputs of ``unitkit translate`` and of the built-in image-folder dataset.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -28,6 +34,69 @@ def to_levels(images: Tensor) -> Tensor:
     Metrics judge translations at this precision, as they would judge saved images.
     """
     return ((images.clamp(-1, 1) + 1) * 127.5).round()
+
+
+class BadImageError(DataError):
+    """An image file that cannot be read, or whose pixel values have no known meaning; the message names the file,
+    the problem and what to do."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"cannot use image {path}: {problem}")
+        self.path, self.problem = path, problem
+
+
+# What Pillow raises on truncated, corrupt or non-image files (some decoders raise SyntaxError or ValueError).
+_UNREADABLE = (OSError, SyntaxError, ValueError)
+
+
+def read_image(path: Path, mode: str) -> Image.Image:
+    """The image file at ``path``, fully decoded, as an 8-bit PIL image of ``mode`` ("RGB" or "L": alpha is dropped).
+
+    Pixel values are read by the file's own depth, never clipped: 8-bit channels as they are (16-bit colour PNGs
+    arrive as 8-bit from Pillow); integer greyscale images (16-bit PNG, integer TIFF) as 16-bit, their 0..65535
+    scaled to 0..255; floating-point images (TIFF) as 0..1, scaled to 0..255. The EXIF orientation is applied.
+    This is how the built-in image-folder dataset and ``unitkit translate`` read every file.
+
+    Raises :class:`BadImageError` for a file Pillow cannot decode (truncated, corrupt, not an image), an image over
+    Pillow's decompression-bomb limit ``PIL.Image.MAX_IMAGE_PIXELS``, an integer image with values outside
+    0..65535, and a floating-point image with values outside [0, 1] or NaN.
+    """
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that, and refuses above: refuse both.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as file:
+                image = ImageOps.exif_transpose(file)  # a decoded copy, so truncated files fail here, not later
+        image = _in_8_bits(image, path)
+        if image.mode in ("P", "PA") or "transparency" in image.info:
+            image = image.convert("RGBA")  # palette transparency must go through RGBA to convert cleanly
+        return image.convert(mode)
+    except BadImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise BadImageError(
+            path, f"too large to decode safely: {error} Resize it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it"
+        ) from error
+    except _UNREADABLE as error:
+        raise BadImageError(path, f"unreadable ({error})") from error
+
+
+def _in_8_bits(image: Image.Image, path: Path) -> Image.Image:
+    """``image`` itself when its channels are 8-bit, else its values scaled to 8-bit greyscale by the rule of
+    :func:`read_image`; Pillow's own conversion clips them (a 16-bit mid-grey would turn white, 0.5 black)."""
+    if image.mode == "F":
+        kind, top, fix = "floating-point", 1.0, "scale it to [0, 1] or save it as an 8- or 16-bit image"
+    elif image.mode == "I" or image.mode.startswith("I;16"):
+        kind, top, fix = "integer", 65535, "save it as an 8- or 16-bit image"
+    else:
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    if np.isnan(values).any():
+        raise BadImageError(path, f"it holds NaN pixel values; {fix}")
+    low, high = values.min(), values.max()
+    if low < 0 or high > top:
+        raise BadImageError(path, f"its {kind} pixel values span {low:g}..{high:g}, not 0..{top:g} as read; {fix}")
+    return Image.fromarray(np.round(values * (255 / top)).astype(np.uint8))
 
 
 class Backbone(nn.Module):

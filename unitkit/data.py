@@ -128,3 +128,7 @@ def build_data(recipe: Recipe, registries: Registries) -> DomainData:
         return registries.datasets.get(recipe.data.kind).factory(**recipe.data.settings)
     except (OSError, ValueError, ImportError) as exc:
         raise DataError(f"[data] kind = {recipe.data.kind!r}: {exc}") from exc
+    except MemoryError as exc:  # a dataset generated in memory
+        raise DataError(
+            f"[data] kind = {recipe.data.kind!r} does not fit in memory ({exc}); lower data.image_size or its size"
+        ) from exc

@@ -9,11 +9,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from unitkit.checkpoint import Checkpoint
 from unitkit.components import DomainData, to_levels
 from unitkit.data import build_data, cpu_seeded
+from unitkit.errors import CheckpointError, UsageError
 from unitkit.fid import InceptionFeatures, cached_features, frechet_distance, kernel_inception_distance
 from unitkit.model import UNIT, evaluation_mode
-from unitkit.recipe import Recipe
+from unitkit.recipe import Recipe, changes_on_resume, read_toml, validate
 from unitkit.registry import Registries
 from unitkit.report import plot_confusions, read_log
 from unitkit.translate import load_trained_model
@@ -259,25 +261,63 @@ def evaluate_checkpoint(
     path: Path,
     registries: Registries,
     device: torch.device,
-    log_path: Path | None = None,
+    run_dir: Path | None = None,
     *,
     confusion_figure: Path | None = None,
     fid: bool | None = None,
     inception: str | None = None,
     max_images: int | None = None,
+    data_root: Path | None = None,
     show_progress: bool = True,
 ) -> dict[str, float]:
     """Every metric that applies to a checkpoint's model and data.
 
     The model, the dataset and the ``[evaluate]`` settings come from the recipe stored in the checkpoint; the
-    keyword arguments override those settings. With the run's ``log_path``, the best values of the periodic
-    evaluations are added; with ``confusion_figure``, a domain-adaptation model's confusion matrices are drawn.
+    keyword arguments override those settings, and ``data_root`` the dataset's ``root`` (data moved since the
+    run). With ``run_dir``, the run the checkpoint is evaluated as part of, a checkpoint trained with other
+    settings than the run's recipe.toml is refused (:func:`check_checkpoint_of_run`), and the best values of the
+    run's periodic evaluations are added. With ``confusion_figure``, a domain-adaptation model's confusion
+    matrices are drawn.
     """
     model, state, recipe = load_trained_model(path, registries, device)
+    if run_dir is not None:
+        check_checkpoint_of_run(state, run_dir)
+    if data_root is not None:
+        recipe = with_data_root(recipe, data_root, registries, origin=f"{path} (stored recipe)")
     data = build_data(recipe, registries)
-    results = {"iteration": state.step, **evaluate_run(model, data, device, confusion_figure)}
-    results |= fid_kid_if_asked(model, data, device, recipe, fid=fid, inception=inception, max_images=max_images,
-                                show_progress=show_progress)  # fmt: skip
-    if recipe.train.eval_every and log_path is not None:
-        results |= best_logged(log_path)
+    # FID/KID first: a network file that is not the FID network is refused before the other metrics take time.
+    distances = fid_kid_if_asked(model, data, device, recipe, fid=fid, inception=inception, max_images=max_images,
+                                 show_progress=show_progress)  # fmt: skip
+    results = {"iteration": state.step, **evaluate_run(model, data, device, confusion_figure), **distances}
+    if recipe.train.eval_every and run_dir is not None:
+        results |= best_logged(run_dir / "log.jsonl")
     return results
+
+
+def check_checkpoint_of_run(state: Checkpoint, run_dir: Path) -> None:
+    """Refuse a checkpoint whose stored recipe differs from ``run_dir``'s recipe.toml in what is trained (it was
+    copied in from another run, or recipe.toml was edited): its metrics would be filed as the run's own.
+
+    Settings a resumed run may change (:data:`unitkit.recipe.RESUMABLE_SETTINGS`) may differ.
+    """
+    recipe_file = run_dir / "recipe.toml"
+    if not recipe_file.is_file():  # nothing says what the run trained
+        return
+    if changed := changes_on_resume(state.recipe(), read_toml(recipe_file)):
+        raise CheckpointError(
+            f"{state.path} was trained with other settings than {recipe_file} says ({'; '.join(changed)}), so its "
+            f"metrics are not this run's; evaluate the checkpoint file itself instead: unitkit evaluate {state.path} "
+            "--output FILE"
+        )
+
+
+def with_data_root(recipe: Recipe, root: Path, registries: Registries, origin: str) -> Recipe:
+    """``recipe`` with its dataset read from ``root`` (``--data-root``); a dataset without a ``root`` setting
+    is a usage error."""
+    data = recipe.resolved["data"]
+    if "root" not in data:
+        raise UsageError(
+            f"--data-root: [data] kind = {data['kind']!r} has no root setting to point elsewhere; drop --data-root"
+        )
+    moved = {**recipe.resolved, "data": {**data, "root": str(root.expanduser().absolute())}}
+    return validate(moved, registries, origin=f"{origin} with --data-root {root}")

@@ -32,6 +32,8 @@ from unitkit.errors import UnitkitError
 
 INCEPTION_ENV = "UNITKIT_INCEPTION"
 INCEPTION_SIZE = 299
+#: Features the FID network gives per image (its last pool layer).
+FEATURES = 2048
 #: Bump when InceptionFeatures prepares images differently, so cached real-image features are recomputed.
 PREPROCESSING_VERSION = 1
 
@@ -62,11 +64,20 @@ def find_inception(path: str | Path | None = None) -> Path:
     )
 
 
+_WHERE_TO_POINT = f"point --inception, [evaluate] inception or {INCEPTION_ENV} at the FID network's TorchScript file"
+
+
+def _last_line(exc: Exception) -> str:
+    """The last line of an error's message: TorchScript's errors carry a traceback above the message itself."""
+    return next((line.strip() for line in reversed(str(exc).splitlines()) if line.strip()), type(exc).__name__)
+
+
 class InceptionFeatures:
     """2048-d pool features of images in [-1, 1] (any size, 1 or 3 channels), as FID and KID compare them.
 
     Images are quantised to 8 bits first, as they would be on disk, so translations and real images pass the
-    same path; then resized bilinearly to 299x299.
+    same path; then resized bilinearly to 299x299. The file is tried on one image when loaded: a network that
+    does not give 2048 features is refused.
     """
 
     def __init__(self, path: str | Path | None = None, device: torch.device | str = "cpu", batch_size: int = 50):
@@ -78,7 +89,27 @@ class InceptionFeatures:
                 warnings.simplefilter("ignore", FutureWarning)
                 self.network = torch.jit.load(str(self.path), map_location=self.device).eval()
         except RuntimeError as exc:
-            raise MetricsError(f"{self.path} is not a TorchScript FID Inception network: {exc}") from exc
+            raise MetricsError(f"{self.path} is not a TorchScript FID Inception network: {_last_line(exc)}") from exc
+        self._check_features()
+
+    def _check_features(self) -> None:
+        """Refuse a TorchScript file that is some other network before any features are computed or cached:
+        features of another size would give FID/KID numbers that compare with no one's."""
+        probe = torch.zeros(1, 3, INCEPTION_SIZE, INCEPTION_SIZE, device=self.device)
+        try:
+            with torch.no_grad():
+                output = self.network(probe)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise MetricsError(
+                f"{self.path} is not the FID Inception network: it fails on one {INCEPTION_SIZE}x{INCEPTION_SIZE} "
+                f"image ({_last_line(exc)}); {_WHERE_TO_POINT}"
+            ) from exc
+        if not isinstance(output, Tensor) or output.ndim < 1 or output.shape[0] != 1 or output.numel() != FEATURES:
+            found = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise MetricsError(
+                f"{self.path} is not the FID Inception network: its output for one image is {found}, where the FID "
+                f"network's is (1, {FEATURES}); {_WHERE_TO_POINT}"
+            )
 
     @property
     def identity(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -175,13 +176,16 @@ def _construct(registries: Registries, registry_kind: str, component: Component,
 def build_model(
     recipe: Recipe, registries: Registries, channels: tuple[int, int], num_classes: int = 0, image_size: int = 0
 ) -> UNIT:
-    """Build the six networks from a validated recipe and apply its sharing strategy.
+    """Build the six networks from a validated recipe, apply its sharing strategy and check that they fit together.
+
+    This is where every check of the networks a recipe describes is made, so that ``unitkit show`` and
+    ``unitkit run`` refuse the same recipes.
 
     Args:
         channels: image channels of domains A and B (from the dataset).
         num_classes: classes of a classifier head on the discriminators (0: none).
-        image_size: when given, one dry forward pass checks that encoder and generator fit together
-            (an image comes back at its own size), so a mismatch is a recipe error before training starts.
+        image_size: when given, :func:`check_shapes` runs images of this side through the networks, so a
+            mismatch is a recipe error before training starts.
     """
     encoders = tuple(
         _construct(registries, "encoders", recipe.encoder, "model.encoder", in_channels=c) for c in channels
@@ -204,6 +208,11 @@ def build_model(
         )
         for c in channels
     )
+    if (recipe.objective.classify or recipe.objective.feature) and not _exposes_features(discriminators[0]):
+        raise RecipeError(
+            f"objective.classify and objective.feature need a discriminator that exposes its trunk features; "
+            f"[model.discriminator] kind = {recipe.discriminator.kind!r} does not (the built-in 'digits32' does)"
+        )
     strategy = registries.sharing_strategies.get(recipe.sharing.kind).factory
     try:
         strategy(encoders, generators, **recipe.sharing.settings)
@@ -226,29 +235,57 @@ def build_model(
     return model
 
 
+def _exposes_features(discriminator: Discriminator) -> bool:
+    return type(discriminator).features is not Discriminator.features
+
+
 def check_shapes(model: UNIT, channels: tuple[int, int], image_size: int) -> None:
-    """Run one image per domain through encoder, generator and discriminator; a size mismatch is a RecipeError."""
+    """Run one image per domain through encoder, generator and discriminator; a size mismatch is a RecipeError.
+
+    The images go through a copy of the model on the meta device, which computes shapes and no values, so the
+    check costs next to nothing at any image size. Should that pass fail, real tensors decide: a component may
+    use operations without meta support, or read a value.
+    """
+    fixed = model.enc_a.fixed_size or model.enc_b.fixed_size
+    if fixed and image_size != fixed:
+        raise RecipeError(
+            f"[data] image_size = {image_size}, but the encoder takes {fixed}x{fixed} images only; set "
+            f"data.image_size = {fixed}"
+        )
     if image_size % model.size_multiple:
         raise RecipeError(
             f"[data] image_size = {image_size} is not divisible by {model.size_multiple}, the encoder's downsampling"
         )
-    x = [torch.zeros(1, c, image_size, image_size) for c in channels]
-    with evaluation_mode(model):
+    try:
+        _dry_pass(copy.deepcopy(model).to("meta"), channels, image_size)
+    except RecipeError:
+        raise
+    except Exception:  # the meta pass is a shortcut only, whatever stopped it; the real pass below decides
         try:
-            (h_a, _), (h_b, _) = model.posteriors(*x)
-            for domain, h, c in (("a", h_b, channels[0]), ("b", h_a, channels[1])):
-                out = model.generator(domain)(h)
-                if tuple(out.shape[1:]) != (c, image_size, image_size):
-                    raise RecipeError(
-                        f"[model.generator] produces images of shape {tuple(out.shape[1:])} from a latent of a "
-                        f"{image_size}x{image_size} image; expected {(c, image_size, image_size)}. Match the "
-                        "generator's settings (e.g. downsamplings) to the encoder's"
-                    )
-            for domain, image in zip(DOMAINS, x, strict=True):
-                try:
-                    model.discriminator(domain)(image)
-                except ValueError as exc:  # a discriminator's own check, e.g. too many scales for the size
-                    message = f"[model.discriminator] does not fit [data] image_size = {image_size}: {exc}"
-                    raise RecipeError(message) from exc
-        except RuntimeError as exc:
-            raise RecipeError(f"[model] encoder, generator and data do not fit together: {exc}") from exc
+            _dry_pass(model, channels, image_size)
+        except (RuntimeError, ValueError) as exc:
+            message = f"[model] encoder, generator and discriminator do not fit [data] image_size = {image_size}"
+            raise RecipeError(f"{message}: {exc}") from exc
+
+
+def _dry_pass(model: UNIT, channels: tuple[int, int], image_size: int) -> None:
+    """One image per domain through encoders, generators and discriminators, in evaluation mode, on the model's
+    device."""
+    device = next(model.parameters()).device
+    x = [torch.zeros(1, c, image_size, image_size, device=device) for c in channels]
+    with evaluation_mode(model):
+        (h_a, _), (h_b, _) = model.posteriors(*x)
+        for domain, h, c in (("a", h_b, channels[0]), ("b", h_a, channels[1])):
+            out = model.generator(domain)(h)
+            if tuple(out.shape[1:]) != (c, image_size, image_size):
+                raise RecipeError(
+                    f"[model.generator] produces images of shape {tuple(out.shape[1:])} from a latent of a "
+                    f"{image_size}x{image_size} image; expected {(c, image_size, image_size)}. Match the "
+                    "generator's settings (e.g. downsamplings) to the encoder's"
+                )
+        for domain, image in zip(DOMAINS, x, strict=True):
+            try:
+                model.discriminator(domain)(image)
+            except ValueError as exc:  # a discriminator's own check, e.g. too many scales for the size
+                message = f"[model.discriminator] does not fit [data] image_size = {image_size}: {exc}"
+                raise RecipeError(message) from exc

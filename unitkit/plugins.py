@@ -1,8 +1,10 @@
 """Finds plugins through entry points of group ``unitkit`` and lets each fill the registries.
 
 A manager is built per call (:func:`load_plugins`), never at import time, so a test can build one with only the
-plugins it names. A plugin that fails to import or to register is recorded in :attr:`PluginSet.failures` and
-the others keep working.
+plugins it names. unitkit's built-in components load first, so an installed plugin cannot take their names. A
+plugin that fails to import or to register is recorded in :attr:`PluginSet.failures`, leaves nothing of itself in
+the registries, and the others keep working. A plugin registering a name that is taken loses that component only
+(also recorded in :attr:`PluginSet.failures`); its other components are used.
 """
 
 from __future__ import annotations
@@ -16,22 +18,42 @@ import pluggy
 
 from unitkit import hookspecs
 from unitkit.hookspecs import HOOK_VERSION, HOOKS, PROJECT
-from unitkit.registry import Provider, Registries
+from unitkit.registry import Clash, Provider, Registries
 
 #: Set to 1 to load only unitkit's own built-in components (third-party entry points are ignored).
 DISABLE_AUTOLOAD_ENV = "UNITKIT_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_DISTRIBUTION = "unitkit"
+BUILTIN_ENTRY_POINT = "builtin"
 
 
 @dataclass(frozen=True)
 class PluginFailure:
-    """A plugin that could not be used, and why (one line)."""
+    """A plugin that could not be used, or one of its components that was refused, and why (one line)."""
 
     plugin: str
     package: str
     error: str
+    #: The refused component (e.g. ``encoder backbone 'resnet'``) when only that one is lost; empty when the
+    #: whole plugin is.
+    component: str = ""
+
+    @classmethod
+    def from_clash(cls, clash: Clash) -> PluginFailure:
+        """The newcomer's side of a name clash: its component is refused, the rest of it is used."""
+        return cls(clash.newcomer.plugin, clash.newcomer.package, str(clash), clash.component)
+
+    @property
+    def outcome(self) -> str:
+        """What is still used despite this failure, for a warning."""
+        return (
+            f"the other components of plugin {self.plugin} are loaded"
+            if self.component
+            else "the other plugins are loaded"
+        )
 
     def __str__(self) -> str:
+        if self.component:
+            return self.error  # a clash message names both plugins already
         return f"plugin {self.plugin!r} ({self.package}) failed: {self.error}"
 
 
@@ -50,8 +72,21 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+def _package(ep: metadata.EntryPoint) -> str:
+    return ep.dist.name if ep.dist else "?"
+
+
+def _is_builtin(ep: metadata.EntryPoint) -> bool:
+    return _package(ep) == BUILTIN_DISTRIBUTION and ep.name == BUILTIN_ENTRY_POINT
+
+
 def _entry_points() -> list[metadata.EntryPoint]:
-    return sorted(metadata.entry_points(group=PROJECT), key=lambda ep: (ep.dist.name if ep.dist else "", ep.name))
+    """unitkit's built-ins first (so their names are taken before any plugin's), then by distribution and name."""
+    return sorted(metadata.entry_points(group=PROJECT), key=lambda ep: (not _is_builtin(ep), _package(ep), ep.name))
+
+
+def _autoload_disabled_by_environment() -> bool:
+    return os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def load_plugins(
@@ -66,7 +101,7 @@ def load_plugins(
             it). They are registered after the entry-point plugins.
         autoload: load third-party entry points of group ``unitkit``. ``None`` means yes unless the environment
             variable ``UNITKIT_DISABLE_PLUGIN_AUTOLOAD`` is set to a true value. unitkit's own built-in
-            components (its ``builtin`` entry point) always load.
+            components (its ``builtin`` entry point) always load, and first.
 
     Example::
 
@@ -74,15 +109,17 @@ def load_plugins(
         encoder_cls = plugins.registries.encoders.get("resnet").factory
     """
     if autoload is None:
-        autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower() not in {"1", "true", "yes", "on"}
+        autoload = not _autoload_disabled_by_environment()
     manager = pluggy.PluginManager(PROJECT)
     manager.add_hookspecs(hookspecs)
     result = PluginSet(Registries(), manager)
 
     candidates: list[tuple[Provider, object]] = []
+    skipped: list[str] = []
     for ep in _entry_points():
-        package = ep.dist.name if ep.dist else "?"
-        if package != BUILTIN_DISTRIBUTION and not autoload:
+        package = _package(ep)
+        if not autoload and not _is_builtin(ep):
+            skipped.append(package)
             continue
         provider = Provider(ep.name, package, ep.dist.version if ep.dist else "")
         try:
@@ -94,7 +131,23 @@ def load_plugins(
 
     for provider, module in candidates:
         _register_one(result, provider, module)
+    result.registries.note_missing(_why_components_may_be_missing(result.failures, skipped, autoload))
     return result
+
+
+def _why_components_may_be_missing(failures: list[PluginFailure], skipped: list[str], autoload: bool) -> str:
+    """One line for unknown-name messages: the plugins that failed or were skipped may provide the name."""
+    reasons = []
+    failed = sorted({failure.package for failure in failures if not failure.component})
+    if failed:
+        reasons.append(f"plugins that failed to load may provide it: {', '.join(failed)} (see unitkit list-plugins)")
+    by_environment = _autoload_disabled_by_environment()
+    not_loaded = f"third-party plugins were not loaded ({', '.join(sorted(set(skipped))) or 'none installed'})"
+    if not autoload and by_environment:
+        reasons.append(f"{DISABLE_AUTOLOAD_ENV} is set, so {not_loaded}: unset it to load them")
+    elif not autoload and skipped:
+        reasons.append(not_loaded)
+    return "; ".join(reasons)
 
 
 def _register_one(result: PluginSet, provider: Provider, module: object) -> None:
@@ -114,15 +167,20 @@ def _register_one(result: PluginSet, provider: Provider, module: object) -> None
     except Exception as exc:
         result.failures.append(PluginFailure(provider.plugin, provider.package, _one_line(exc)))
         return
-    # Call each hook of this plugin alone, so an error is charged to the plugin that raised it.
+    # Call each hook of this plugin alone, so an error is charged to the plugin that raised it, and into staging
+    # copies of the registries, so a plugin that raises halfway leaves nothing of itself behind.
+    staged = result.registries.staging(provider)
     try:
         for kind, hook_name in HOOKS.items():
-            registry = result.registries[kind]
             for impl in getattr(result.manager.hook, hook_name).get_hookimpls():
                 if impl.plugin is module:
-                    with registry.provided_by(provider):
-                        impl.function(registry=registry)
+                    impl.function(registry=staged[kind])
     except Exception as exc:
-        result.failures.append(PluginFailure(provider.plugin, provider.package, _one_line(exc)))
+        failure = PluginFailure(provider.plugin, provider.package, _one_line(exc))
+        result.failures.append(failure)
+        result.registries.withhold(staged, f"plugin {provider} provides it but failed to load: {failure.error}")
+        result.manager.unregister(module)
         return
+    result.registries.adopt(staged)
+    result.failures.extend(PluginFailure.from_clash(clash) for clash in staged.clashes)
     result.providers.append(provider)

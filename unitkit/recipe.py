@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
+import json
 import os
 import re
 import tomllib
@@ -21,8 +22,9 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 import tomli_w
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field
 
+from unitkit.errors import UsageError
 from unitkit.plugins import BUILTIN_DISTRIBUTION
 from unitkit.registry import KIND_LABELS, PROVIDED_ARGUMENTS, Registries
 
@@ -30,16 +32,25 @@ from unitkit.registry import KIND_LABELS, PROVIDED_ARGUMENTS, Registries
 DATA_ENV = "UNITKIT_DATA"
 
 
-class RecipeError(Exception):
+class RecipeError(UsageError):
     """A mistake in a recipe or an override: the message names the file, table, key and value."""
 
 
+#: The folder of the unitkit package: in a source checkout, ``pyproject.toml`` lies beside it.
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
 def data_root() -> Path:
-    """Where real datasets live: ``$UNITKIT_DATA``, else ``shared/data`` beside the project checkout."""
+    """Where real datasets live: ``$UNITKIT_DATA`` when set; else, when unitkit runs from a source checkout (a
+    ``pyproject.toml`` beside the package), the ``shared/data`` folder beside the checkout; else, for an installed
+    unitkit, whose package folder has no checkout around it, ``~/.cache/unitkit/data``."""
     env = os.environ.get(DATA_ENV)
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
+    checkout = PACKAGE_DIR.parent
+    if (checkout / "pyproject.toml").is_file():
+        return checkout.parent / "shared" / "data"
+    return Path.home() / ".cache" / "unitkit" / "data"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -50,6 +61,24 @@ Positive = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[int, Field(ge=0)]
 Weight = Annotated[float, Field(ge=0)]
 Unit = Annotated[float, Field(ge=0, lt=1)]
+
+#: The largest image side a recipe may ask for: training the reference networks on one image of this side already
+#: needs the memory of a large GPU, so a larger side is a typo, better refused now than out of memory later.
+MAX_IMAGE_SIZE = 4096
+#: A dataset factory's ``image_size`` setting (every built-in dataset's; plugins' datasets may use it too).
+ImageSize = Annotated[int, Field(ge=1, le=MAX_IMAGE_SIZE)]
+
+
+def _check_folder_name(name: str) -> str:
+    """``name`` if it can name one folder inside ``runs/`` (a run's, an ablation's); a ValueError if not."""
+    if name in ("", ".", "..") or any(c in name for c in "/\\:") or not name.isprintable():
+        raise ValueError(
+            "must be one folder name inside runs/: not empty, '.' or '..', without '/', '\\', ':' or control characters"
+        )
+    return name
+
+
+FolderName = Annotated[str, AfterValidator(_check_folder_name)]
 
 
 class TrainSettings(BaseModel):
@@ -141,7 +170,10 @@ class RecipeSchema(BaseModel):
     """The whole recipe file."""
 
     model_config = _STRICT
-    name: str = Field("", description="names the run directory (runs/NAME); empty: the file's name")
+    name: FolderName = Field(
+        "",
+        description="the run directory runs/NAME: one folder name, without '/', '\\' or ':'; left out: the file's name",
+    )
     description: str = Field("", description="what the recipe is for, in a line, for people")
     data: dict[str, Any]
     model: ModelSettings = Field(default_factory=ModelSettings)
@@ -149,7 +181,7 @@ class RecipeSchema(BaseModel):
     train: TrainSettings = Field(default_factory=TrainSettings)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
     loggers: list[dict[str, Any]] = Field(default_factory=lambda: [{"kind": "jsonl"}])
-    ablations: dict[str, dict[str, Any]] = Field(
+    ablations: dict[FolderName, dict[str, Any]] = Field(
         default_factory=dict, description="variants of the recipe: tables of dotted-key overrides, one per variant"
     )
 
@@ -209,10 +241,15 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     """Parse a TOML file; errors name the file, line and column."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # tomllib refuses the BOM some Windows editors write
     except FileNotFoundError:
         raise RecipeError(f"{path}: recipe file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise RecipeError(
+            f"{path}: the recipe is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+            "save it as UTF-8"
+        ) from None
+    except OSError as exc:
         raise RecipeError(f"{path}: cannot read recipe: {exc}") from None
     try:
         return tomllib.loads(text)
@@ -438,8 +475,16 @@ def validate(raw: dict[str, Any], registries: Registries, origin: str = "<recipe
     if ablation:
         resolved["ablation"] = ablation
 
+    name = schema.name or Path(origin).stem
+    try:
+        _check_folder_name(name)
+    except ValueError as exc:  # a file named "...toml" would run in runs/..
+        hint = 'give the recipe a name, e.g. name = "my-run"'
+        raise RecipeError(f"{origin}: the file's name {name!r} {exc}; {hint}") from None
+    resolved["name"] = name  # a run directory's recipe.toml, and a checkpoint's, say which run they are
+
     return Recipe(
-        name=schema.name or Path(origin).stem,
+        name=name,
         description=schema.description,
         source=origin,
         data=components[("data",)],
@@ -485,12 +530,22 @@ def changes_on_resume(trained: dict[str, Any], recipe: dict[str, Any]) -> list[s
     ]
 
 
+def _ablation_tables(raw: dict[str, Any], origin: str) -> dict[str, Any]:
+    """The ``[ablations.NAME]`` tables of a parsed recipe, once each name can name a run directory."""
+    ablations = raw.get("ablations", {})
+    if not isinstance(ablations, dict):
+        raise RecipeError(f"{origin}: 'ablations' must be a table of [ablations.NAME] tables")
+    for name in ablations:
+        try:
+            _check_folder_name(name)
+        except ValueError as exc:
+            raise RecipeError(f"{origin}: [ablations.{json.dumps(name, ensure_ascii=False)}] the name {exc}") from None
+    return ablations
+
+
 def ablation_names(path: str | Path) -> list[str]:
     """Names of the ``[ablations.NAME]`` tables of a recipe file, in file order."""
-    ablations = read_toml(path).get("ablations", {})
-    if not isinstance(ablations, dict):
-        raise RecipeError(f"{path}: 'ablations' must be a table of [ablations.NAME] tables")
-    return list(ablations)
+    return list(_ablation_tables(read_toml(path), str(path)))
 
 
 def load_recipe(
@@ -512,10 +567,11 @@ def load_recipe(
     """
     origin = str(path)
     raw = read_toml(path)
-    ablations = raw.pop("ablations", {})
+    ablations = _ablation_tables(raw, origin)
+    raw.pop("ablations", None)
     if ablation:
-        if not isinstance(ablations, dict) or ablation not in ablations:
-            names = list(ablations) if isinstance(ablations, dict) else []
+        if ablation not in ablations:
+            names = list(ablations)
             close = difflib.get_close_matches(ablation, names, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise RecipeError(f"{origin}: no ablation {ablation!r}; {hint}(defined: {', '.join(names) or 'none'})")

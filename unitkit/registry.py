@@ -9,8 +9,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from unitkit.errors import UsageError
 
-class RegistryError(Exception):
+
+class RegistryError(UsageError):
     """A name registered twice, or a name looked up that nobody registered."""
 
 
@@ -38,6 +40,27 @@ class Entry:
         """First line of the factory's docstring."""
         doc = inspect.getdoc(self.factory) or ""
         return doc.splitlines()[0] if doc else ""
+
+
+@dataclass(frozen=True)
+class Clash:
+    """A registration refused because another plugin registered that name first."""
+
+    kind: str
+    name: str
+    holder: Provider
+    newcomer: Provider
+
+    @property
+    def component(self) -> str:
+        """What was refused, e.g. ``encoder backbone 'resnet'``."""
+        return f"{KIND_LABELS[self.kind]} {self.name!r}"
+
+    def __str__(self) -> str:
+        return (
+            f"{self.component} is registered twice: by plugin {self.holder} and by plugin {self.newcomer}; "
+            "the first is kept: uninstall one of them or rename the component"
+        )
 
 
 #: Arguments unitkit passes to a factory itself; a recipe may not set them.
@@ -79,6 +102,12 @@ class Registry:
     kind: str
     _entries: dict[str, Entry] = field(default_factory=dict)
     _provider: Provider = field(default=Provider("<direct>"))
+    #: Set on a staging copy (see :meth:`staging`): a taken name is recorded here instead of raising.
+    _clashes: list[Clash] | None = None
+    #: Names that a plugin registered before it failed, with why they are missing (for :meth:`unknown_message`).
+    _withheld: dict[str, str] = field(default_factory=dict)
+    #: Why components may be missing at all (plugins that failed or were skipped), for :meth:`unknown_message`.
+    _missing_hint: str = ""
 
     def register(self, name: str, factory: Callable[..., Any]) -> Callable[..., Any]:
         """Register ``factory`` under ``name``; registering a taken name raises, naming both plugins."""
@@ -87,11 +116,11 @@ class Registry:
         if not callable(factory):
             raise RegistryError(f"{KIND_LABELS[self.kind]} {name!r}: factory {factory!r} is not callable")
         if name in self._entries:
-            first = self._entries[name].provider
-            raise RegistryError(
-                f"{KIND_LABELS[self.kind]} {name!r} is registered twice: by plugin {first} and by plugin "
-                f"{self._provider}; uninstall one of them or rename the component"
-            )
+            clash = Clash(self.kind, name, self._entries[name].provider, self._provider)
+            if self._clashes is None:
+                raise RegistryError(str(clash))
+            self._clashes.append(clash)
+            return factory
         self._entries[name] = Entry(name, factory, self._provider)
         return factory
 
@@ -103,10 +132,14 @@ class Registry:
             raise RegistryError(self.unknown_message(name)) from None
 
     def unknown_message(self, name: str) -> str:
+        """One line: ``name`` is unknown, the nearest registered names, and why a plugin's names may be missing."""
         label = KIND_LABELS[self.kind]
         close = difflib.get_close_matches(str(name), self.names(), n=3, cutoff=0.4)
         hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-        return f"unknown {label} {name!r}{hint} (registered: {', '.join(self.names()) or 'none'})"
+        why_missing = self._withheld.get(name, self._missing_hint) if isinstance(name, str) else self._missing_hint
+        return f"unknown {label} {name!r}{hint} (registered: {', '.join(self.names()) or 'none'})" + (
+            f"; {why_missing}" if why_missing else ""
+        )
 
     def names(self) -> list[str]:
         return sorted(self._entries)
@@ -122,12 +155,38 @@ class Registry:
 
     @contextmanager
     def provided_by(self, provider: Provider) -> Iterator[None]:
-        """Attribute registrations made inside the block to ``provider`` (used by the plugin loader)."""
+        """Attribute registrations made inside the block to ``provider``."""
         previous, self._provider = self._provider, provider
         try:
             yield
         finally:
             self._provider = previous
+
+    def staging(self, provider: Provider) -> Registry:
+        """A copy that attributes registrations to ``provider`` and records taken names instead of raising.
+
+        What a plugin registers there reaches this registry only through :meth:`adopt`, so a plugin that fails
+        halfway can be dropped whole.
+        """
+        return Registry(self.kind, dict(self._entries), provider, [])
+
+    def _added_in(self, staged: Registry) -> list[Entry]:
+        return [entry for name, entry in staged._entries.items() if name not in self._entries]
+
+    def adopt(self, staged: Registry) -> None:
+        """Take over the entries registered in ``staged``, a :meth:`staging` copy of this registry."""
+        for entry in self._added_in(staged):
+            self._entries[entry.name] = entry
+
+    def withhold(self, staged: Registry, reason: str) -> None:
+        """Leave out what was registered in ``staged``; a later lookup of one of those names gives ``reason``."""
+        for entry in self._added_in(staged):
+            self._withheld[entry.name] = reason
+
+    @property
+    def clashes(self) -> list[Clash]:
+        """On a :meth:`staging` copy, the registrations refused because their name was taken."""
+        return list(self._clashes or [])
 
 
 REGISTRY_KINDS: tuple[str, ...] = tuple(PROVIDED_ARGUMENTS)
@@ -153,3 +212,27 @@ class Registries:
 
     def __iter__(self) -> Iterator[Registry]:
         return iter(getattr(self, kind) for kind in REGISTRY_KINDS)
+
+    def staging(self, provider: Provider) -> Registries:
+        """A :meth:`Registry.staging` copy of every registry, for one plugin to register into."""
+        return Registries(**{kind: self[kind].staging(provider) for kind in REGISTRY_KINDS})
+
+    def adopt(self, staged: Registries) -> None:
+        """Take over what was registered in ``staged`` (see :meth:`staging`)."""
+        for registry in self:
+            registry.adopt(staged[registry.kind])
+
+    def withhold(self, staged: Registries, reason: str) -> None:
+        """Leave out what was registered in ``staged``; a later lookup of one of those names gives ``reason``."""
+        for registry in self:
+            registry.withhold(staged[registry.kind], reason)
+
+    @property
+    def clashes(self) -> list[Clash]:
+        """On a :meth:`staging` copy, the registrations refused because their name was taken."""
+        return [clash for registry in self for clash in registry.clashes]
+
+    def note_missing(self, hint: str) -> None:
+        """Set the one-line reason every unknown-name message gives for components that may be missing."""
+        for registry in self:
+            registry._missing_hint = hint

@@ -46,7 +46,7 @@ class Variant:
     ablation: str
     run_dir: Path
     resume: bool = False
-    #: Start afresh over what an earlier, interrupted attempt left without a checkpoint.
+    #: Replace the run in ``run_dir`` (``--overwrite``); one without a checkpoint starts afresh without it.
     overwrite: bool = False
     process: subprocess.Popen | None = field(default=None, repr=False)
     started: float = 0.0

@@ -30,10 +30,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from unitkit import checkpoint as ckpt
-from unitkit import distributed
-from unitkit.components import Discriminator, GANLoss
+from unitkit import distributed, rundir
+from unitkit.components import GANLoss
 from unitkit.data import build_data, endless_images, first_images
-from unitkit.errors import TrainingError
+from unitkit.errors import CheckpointError, TrainingError, UsageError
 from unitkit.evaluate import best_logged, evaluate_run, fid_kid_if_asked
 from unitkit.fid import MetricsError, find_inception
 from unitkit.model import UNIT, build_model
@@ -53,20 +53,29 @@ class RunResult:
     skipped_updates: int = 0
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when present, else CPU; an unavailable CUDA device is an error, not a silent fallback."""
+def resolve_device(name: str, option: str = "train.device") -> torch.device:
+    """``auto`` → CUDA when present, else CPU; an unavailable CUDA device is an error, not a silent fallback.
+
+    ``option`` is where the name came from (``train.device``, or a command's ``--device``); the errors name it.
+    """
+    asked = f"{option} {name}" if option.startswith("-") else f"{option} = {name!r}"
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch lists every device type it knows, most of them not for unitkit
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"{asked} is not a device unitkit runs on; use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"train.device = {name!r}, but this machine has no CUDA device; use 'auto' or 'cpu'")
+        raise TrainingError(f"{asked}, but this machine has no CUDA device; use 'auto' or 'cpu'")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise TrainingError(
-            f"train.device = {name!r}, but this machine has {torch.cuda.device_count()} CUDA device(s), "
+            f"{asked}, but this machine has {torch.cuda.device_count()} CUDA device(s), "
             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
         )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise TrainingError(f"train.device = {name!r}, but this machine has no Apple GPU (MPS); use 'auto' or 'cpu'")
+        raise TrainingError(f"{asked}, but this machine has no Apple GPU (MPS); use 'auto' or 'cpu'")
     return device
 
 
@@ -304,11 +313,6 @@ def build_step(
     dtype, channels_last = speed_switches(cfg, device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = build_model(recipe, registries, channels, num_classes=num_classes, image_size=image_size)
-    if (weights.classify or weights.feature) and type(model.dis_a).features is Discriminator.features:
-        raise RecipeError(
-            f"objective.classify and objective.feature need a discriminator that exposes its trunk features; "
-            f"[model.discriminator] kind = {recipe.discriminator.kind!r} does not (the built-in 'digits32' does)"
-        )
     model = model.to(device=device, memory_format=memory_format)
     if cfg.compile:
         # In place, so parameter names (and checkpoints) stay the same. Encoders and generators compile block
@@ -356,12 +360,15 @@ def train(
     run_dir: Path,
     *,
     resume: bool = False,
+    start: rundir.Start = "fresh",
     console: Console | None = None,
     show_progress: bool = True,
 ) -> RunResult:
     """Train (or, with ``resume``, continue) the run described by ``recipe`` in ``run_dir``.
 
-    Under torchrun every process calls this; rank 0 alone writes the run directory.
+    ``start`` says what to do with a run already in ``run_dir`` (:func:`unitkit.rundir.check_start` decides):
+    it is done only once the data, networks and device are known to work. Under torchrun every process calls
+    this; rank 0 alone writes the run directory.
     """
     console = console or Console()
     cfg = recipe.train
@@ -390,7 +397,10 @@ def train(
     if shard.is_main:  # only now: a recipe that cannot build or resume leaves the run directory as it was
         if slow := emulated_precision(unit.dtype, device):
             console.print(f"[yellow]warning:[/] {escape(slow)}")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.claim(run_dir, start)
+        if start == "replace":
+            console.print(f"replacing the run in {run_dir}; the old one stays in {run_dir / rundir.PREVIOUS} until "
+                          "this run's first checkpoint, and comes back if this run fails before it")  # fmt: skip
         (run_dir / "recipe.toml").write_text(recipe.to_toml(), encoding="utf-8")
 
     step, earlier_seconds = 0, 0.0  # training time before this process; None when an old checkpoint lacks it
@@ -424,17 +434,25 @@ def train(
         if shard.is_main:
             ckpt.save_checkpoint(checkpoints, step, model, optimizers, schedulers, scalers, recipe.to_toml(), data_info,
                                  device, cfg.keep_checkpoints, seconds=run_seconds())  # fmt: skip
+            rundir.discard_previous(run_dir)
         return path
 
-    def samples(state: str = "running") -> None:
+    def samples(state: str = "running") -> OSError | None:
+        """A sample grid, the loss plot and the page (rank 0). A write error (a full disk) is returned, not
+        raised: the run then stops with its weights saved rather than losing the iterations since the last
+        checkpoint."""
         if not shard.is_main:
-            return
-        with rng_set_aside(device):
-            path = sample_grid(model, fixed_a, fixed_b, run_dir / "samples" / f"step_{step:09d}.png")
-        for logger in loggers:
-            logger.log_image(step, "samples", str(path))
-        plot_losses(run_dir / "log.jsonl", run_dir / "losses.png")
-        page(state)
+            return None
+        try:
+            with rng_set_aside(device):
+                path = sample_grid(model, fixed_a, fixed_b, run_dir / "samples" / f"step_{step:09d}.png")
+            for logger in loggers:
+                logger.log_image(step, "samples", str(path))
+            plot_losses(run_dir / "log.jsonl", run_dir / "losses.png")
+            page(state)
+        except OSError as exc:
+            return exc
+        return None
 
     def page(state: str, note: str = "") -> None:  # index.html, for rank 0 to call
         done, seconds = step - start_step, loop_seconds or time.perf_counter() - started
@@ -471,7 +489,7 @@ def train(
     loop_seconds = None  # the training loop's wall time once it ended, for the page's seconds per iteration
     progress = _progress(console) if show_progress and shard.is_main else None
     task = progress.add_task(recipe.name, total=cfg.iterations, completed=step, speed="", losses="") if progress else 0
-    stopped_by, skipped_updates = "", 0
+    stopped_by, skipped_updates, write_error = "", 0, None
     model.train()
     with ExitStack() as cleanup:
         cleanup.callback(distributed.stop)
@@ -490,7 +508,7 @@ def train(
 
                 # Bookkeeping. Reading a loss synchronises with the device, so it happens only at log steps.
                 if step % cfg.log_every == 0 or step == cfg.iterations or step % cfg.checkpoint_every == 0:
-                    scalars = losses_as_floats(terms, terms_d, step, cfg.on_nonfinite, unit.votes)
+                    scalars = losses_as_floats(terms, terms_d, step, cfg.on_nonfinite, unit.votes, checkpoints)
                     scalars["lr"] = optimizers["generator"].param_groups[0]["lr"]
                     scalars["skipped_updates"] = skipped_updates
                     for logger in loggers:
@@ -506,7 +524,9 @@ def train(
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.iterations:  # the end evaluates anyway
                     evaluate()
                 if step % cfg.sample_every == 0:  # after the evaluation, which the loss plot then shows
-                    samples()
+                    write_error = samples()
+                    if not unit.votes.everywhere(write_error is None):
+                        break
         except KeyboardInterrupt:  # a second Ctrl-C: it may have landed mid-update, so nothing is saved
             if shard.is_main:
                 kept = ckpt.list_checkpoints(checkpoints)
@@ -520,11 +540,16 @@ def train(
                     page("failed", str(exc))
             raise
         loop_seconds = time.perf_counter() - started
-        if stopped_by and step > start_step:  # stopped between log steps: the weights to save are unchecked
-            losses_as_floats(terms, terms_d, step, cfg.on_nonfinite, unit.votes)
+        if start_step < step < cfg.iterations:  # stopped between log steps: the weights to save are unchecked
+            losses_as_floats(terms, terms_d, step, cfg.on_nonfinite, unit.votes, checkpoints)
         path = save()
-        samples("stopped" if stopped_by else "evaluating")
+        write_error = write_error or samples("stopped" if stopped_by else "evaluating")
         unit.votes.barrier()
+        if write_error:
+            raise TrainingError(
+                f"cannot write {write_error.filename or run_dir} ({write_error.strerror or write_error}); the run "
+                f"stopped at iteration {step:,} and saved {path}: make room, then continue it with --resume"
+            )
         unreadable = sum(getattr(d, "skipped", 0) for d in (data.train_a, data.train_b))
         if unreadable and shard.is_main:
             console.print(f"[yellow]skipped {unreadable} unreadable image file(s)[/] (data.bad_files = 'skip')")
@@ -560,7 +585,20 @@ def resumed_checkpoint(checkpoints: Path, recipe: Recipe) -> ckpt.Checkpoint:
     found = ckpt.list_checkpoints(checkpoints)
     if not found:
         raise TrainingError(f"--resume: no checkpoint in {checkpoints}; start the run without --resume")
-    state = ckpt.read_checkpoint(found[-1])
+    try:
+        state = ckpt.read_checkpoint(found[-1])
+    except CheckpointError as exc:
+        if len(found) < 2:
+            raise
+        raise CheckpointError(
+            f"{exc}. To resume from the previous checkpoint, {found[-2].name}, move this one aside: "
+            f"mv {found[-1]} {found[-1]}.unreadable"
+        ) from exc
+    if state.step > recipe.train.iterations:
+        raise RecipeError(
+            f"--resume: {state.path} is at iteration {state.step:,}, past train.iterations = "
+            f"{recipe.train.iterations:,}; a resumed run only goes further (unitkit evaluate scores the checkpoint)"
+        )
     if changed := changes_on_resume(state.recipe(), recipe.resolved):
         raise RecipeError(
             f"--resume: {state.path} was trained with other settings ({'; '.join(changed)}). Resume with the "
@@ -597,8 +635,10 @@ def losses_as_floats(
     step: int,
     policy: str,
     votes: distributed.Votes,
+    checkpoints: Path,
 ) -> dict[str, float]:
-    """The losses as floats; under the "stop" policy a non-finite one stops the run, naming term and iteration.
+    """The losses as floats; under the "stop" policy a non-finite one stops the run, naming term and iteration
+    and the newest checkpoint in ``checkpoints`` (saved at a log step, so its losses were finite).
 
     Under torchrun every process stops when any loss is non-finite: rank 0's own losses may still be finite
     while its weights already took the other process's NaN, and it must not save them.
@@ -608,8 +648,10 @@ def losses_as_floats(
         bad = [name for name, value in scalars.items() if not math.isfinite(value)]
         if not votes.everywhere(not bad):
             what = f"loss {bad[0]} became {scalars[bad[0]]}" if bad else "a loss of another process became non-finite"
+            kept = ckpt.list_checkpoints(checkpoints)
+            kept_text = f"its last good checkpoint {kept[-1]} is kept" if kept else "it had saved no checkpoint yet"
             raise TrainingError(
-                f"{what} by iteration {step:,} (losses are read at log steps); the run stopped, its last good "
-                "checkpoint is kept. Lower train.lr, or check the data"
+                f"{what} by iteration {step:,} (losses are read at log steps); the run stopped and {kept_text}. "
+                "Lower train.lr, or check the data"
             )
     return scalars

@@ -7,6 +7,8 @@ Every factory returns a :class:`unitkit.DomainData` whose items are ``(image, la
 from __future__ import annotations
 
 import multiprocessing
+import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Literal
@@ -14,7 +16,6 @@ from typing import Annotated, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
 from pydantic import Field
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -22,6 +23,9 @@ from torchvision import transforms as T
 from torchvision.datasets import MNIST, SVHN, USPS
 
 from unitkit import IMAGE_SUFFIXES, DomainData
+from unitkit.components import BadImageError, read_image
+from unitkit.errors import UnitkitWarning
+from unitkit.recipe import DATA_ENV, MAX_IMAGE_SIZE, ImageSize
 
 PositiveInt = Annotated[int, Field(ge=1)]
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, as PIL's convert("L") uses
@@ -225,7 +229,7 @@ class SceneJudge:
 
 
 def synthetic(
-    image_size: Annotated[int, Field(ge=8)] = 32,
+    image_size: Annotated[int, Field(ge=8, le=MAX_IMAGE_SIZE)] = 32,
     train_size: PositiveInt = 4000,
     test_size: PositiveInt = 256,
     seed: Annotated[int, Field(ge=0)] = 0,
@@ -255,8 +259,13 @@ def synthetic(
 
 # ------------------------------------------------------------------------------------------ image folders
 
-# What PIL raises on truncated or non-image files (some decoders raise SyntaxError or ValueError).
-_UNREADABLE = (OSError, SyntaxError, ValueError)
+
+def _missing_data(message: str) -> FileNotFoundError:
+    """A dataset not where the recipe says, with the two ways to point a recipe at it."""
+    return FileNotFoundError(
+        f"{message}; if it is elsewhere, --set data.root=FOLDER, or set {DATA_ENV} to the folder that the recipe's "
+        f"${{{DATA_ENV}}} stands for"
+    )
 
 
 def _layout(root: Path) -> str:
@@ -273,16 +282,9 @@ def _image_files(folder: Path, root: Path) -> list[Path]:
     return files
 
 
-def _load_image(path: Path, mode: str) -> Image.Image:
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("P", "PA") or "transparency" in image.info:
-            image = image.convert("RGBA")  # palette transparency must go through RGBA to convert cleanly
-        return image.convert(mode)  # convert() decodes fully, so truncated files fail here, not later
-
-
 class ImageFiles(Dataset):
-    """Image files served as ``(transform(image), -1)``; unreadable files are skipped or raise."""
+    """Image files served as ``(transform(image), -1)``, read by :func:`unitkit.components.read_image`; files it
+    refuses (unreadable, over Pillow's size limit, values of unknown range) are skipped or raise."""
 
     def __init__(self, paths: Sequence[Path], transform: Callable, mode: str, bad_files: str = "skip") -> None:
         self.paths, self.transform, self.mode, self.bad_files = list(paths), transform, mode, bad_files
@@ -291,26 +293,28 @@ class ImageFiles(Dataset):
 
     @property
     def skipped(self) -> int:
-        """Number of unreadable files met so far, by this process and its data-loading workers."""
+        """Number of files skipped so far, by this process and its data-loading workers."""
         return sum(self._bad)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        last_error = None
         for step in range(len(self.paths)):
             i = (index + step) % len(self.paths)
             if self._bad[i]:
                 continue
             try:
-                image = _load_image(self.paths[i], self.mode)
-            except _UNREADABLE as error:
+                image = read_image(self.paths[i], self.mode)
+            except BadImageError as error:
                 if self.bad_files == "error":
-                    raise ValueError(f"cannot read image {self.paths[i]}: {error}") from error
-                self._bad[i] = 1
+                    raise
+                self._bad[i], last_error = 1, error
                 continue
             return self.transform(image), -1
-        raise ValueError(f"none of the {len(self.paths)} files in {self.paths[0].parent} is a readable image")
+        why = f" (the last one: {last_error})" if last_error else ""
+        raise ValueError(f"none of the {len(self.paths)} files in {self.paths[0].parent} is a usable image{why}")
 
 
 def _folder_transform(image_size: int, load_size: int, crop: str, flip: bool, channels: int, train: bool) -> T.Compose:
@@ -324,9 +328,31 @@ def _folder_transform(image_size: int, load_size: int, crop: str, flip: bool, ch
     return T.Compose([*ops, T.ToTensor(), T.Normalize([0.5] * channels, [0.5] * channels)])
 
 
+#: How many of the test images without a partner a message names.
+_NAMED_UNMATCHED = 5
+
+
+def _without_partner(test_a: list[Path], test_b: list[Path]) -> list[str]:
+    """The test images that no image of the same file stem in the other folder pairs with, as ``testA/NAME``."""
+    unmatched = []
+    for split, files, others in (("testA", test_a, test_b), ("testB", test_b, test_a)):
+        partners = Counter(path.stem for path in others)
+        for path in files:
+            if partners[path.stem]:
+                partners[path.stem] -= 1
+            else:
+                unmatched.append(f"{split}/{path.name}")
+    return unmatched
+
+
+def _listed(unmatched: list[str]) -> str:
+    named = ", ".join(unmatched[:_NAMED_UNMATCHED]) + (", ..." if len(unmatched) > _NAMED_UNMATCHED else "")
+    return f"{len(unmatched)} test image(s) without a partner: {named}"
+
+
 def unpaired_folders(
     root: str,
-    image_size: PositiveInt = 256,
+    image_size: ImageSize = 256,
     load_size: Annotated[int, Field(ge=0)] = 0,
     crop: Literal["random", "center", "none"] = "random",
     flip: bool = True,
@@ -340,13 +366,14 @@ def unpaired_folders(
     (random crop in train with ``crop="random"``, centre crop otherwise); ``crop="none"`` instead squashes the
     whole image to image_size x image_size in train and test. Train images are flipped at random if ``flip``.
     Test items are aligned by file stem. ``paired_test="auto"`` calls the test set paired when testA and testB
-    hold the same stems (as in maps, facades); set ``"no"`` for unpaired sets that merely share file names
-    (cifar_cat2dog numbers both folders 0000...), or ``"yes"`` to insist on pairs. Every image of a paired test
-    set is read once here: an unreadable one is an error, since skipping it would shift the pairs.
+    hold the same stems (as in maps, facades), and warns when they share stems but some image lacks its partner;
+    set ``"no"`` for unpaired sets that merely share file names (cifar_cat2dog numbers both folders 0000...), or
+    ``"yes"`` to insist on pairs. Every image of a paired test set is read once here: an unreadable one is an
+    error, since skipping it would shift the pairs.
     """
     base = Path(root).expanduser()
     if not base.is_dir():
-        raise FileNotFoundError(f"dataset folder {base} not found: {_layout(base)}")
+        raise _missing_data(f"dataset folder {base} not found: {_layout(base)}")
     load_size = load_size or image_size
     if load_size < image_size:
         raise ValueError(
@@ -355,19 +382,30 @@ def unpaired_folders(
     if crop == "none" and load_size != image_size:
         raise ValueError("load_size has no effect with crop='none' (images are resized to image_size); drop it")
     files = {split: _image_files(base / split, base) for split in ("trainA", "trainB", "testA", "testB")}
-    same_stems = [p.stem for p in files["testA"]] == [p.stem for p in files["testB"]]
-    if paired_test == "yes" and not same_stems:
-        raise ValueError(f"paired_test='yes' but {base}/testA and {base}/testB do not hold the same file stems")
+    unmatched = _without_partner(files["testA"], files["testB"])
+    if paired_test == "yes" and unmatched:
+        raise ValueError(
+            f"paired_test='yes' but {base}/testA and {base}/testB do not hold the same file stems, "
+            f"{_listed(unmatched)}; give every test image its partner of the same file stem"
+        )
+    if paired_test == "auto" and 0 < len(unmatched) < len(files["testA"]) + len(files["testB"]):
+        warnings.warn(
+            f"{base}/testA and {base}/testB share file stems, but {_listed(unmatched)}; the test set is taken as "
+            "unpaired, so no pixel accuracy is measured. Give every test image its partner, or set "
+            'data.paired_test = "no" if the folders are not pairs',
+            UnitkitWarning,
+            stacklevel=2,
+        )
     mode = "RGB" if channels == 3 else "L"
-    paired = same_stems and paired_test != "no"
+    paired = not unmatched and paired_test != "no"
 
     if paired:  # skipping a file of a paired test set would pair the next image with the wrong ground truth
         for path in files["testA"] + files["testB"]:
             try:
-                _load_image(path, mode)
-            except _UNREADABLE as error:
+                read_image(path, mode)
+            except BadImageError as error:
                 raise ValueError(
-                    f"cannot read {path} ({error}) of the paired test set; fix it, or remove it and its pair"
+                    f"cannot read {path} ({error.problem}) of the paired test set; fix it, or remove it and its pair"
                 ) from error
 
     def domain(split: str, train: bool) -> ImageFiles:
@@ -412,7 +450,7 @@ def digit_domain(
     folder = Path(root).expanduser() / name
     expected = [folder / f for f in files]
     if not all(p.is_file() for p in expected):
-        raise FileNotFoundError(
+        raise _missing_data(
             f"{loader.__name__} not found under {folder}: expected {', '.join(map(str, expected))}; unitkit never"
             f" downloads data, so fetch it yourself"
             f" (e.g. torchvision.datasets.{loader.__name__}('{folder}', download=True))"
@@ -450,7 +488,7 @@ def _digit_pair(
 def mnist_usps(
     root: str,
     source: Literal["mnist", "usps"] = "mnist",
-    image_size: PositiveInt = 32,
+    image_size: ImageSize = 32,
     channels: Literal[1, 3] = 1,
     usps_padding: Annotated[int, Field(ge=0)] = 0,
 ) -> DomainData:
@@ -465,7 +503,7 @@ def mnist_usps(
     return _digit_pair(root, source, target, image_size, (channels, channels), padding)
 
 
-def svhn_mnist(root: str, image_size: PositiveInt = 32) -> DomainData:
+def svhn_mnist(root: str, image_size: ImageSize = 32) -> DomainData:
     """SVHN -> MNIST digits (A = SVHN from root/svhn, B = MNIST from root/mnist in 3 channels); labels are digits.
 
     SVHN is read from torchvision's .mat files (needs scipy). Never downloads.
