@@ -18,6 +18,15 @@ from unitkit.recipe import data_root
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Declared here rather than in pyproject.toml, whose every change rebuilds the development environment.
+    config.addinivalue_line(
+        "markers",
+        "slow: torchrun, torch.compile, the FID network, a browser or subprocesses stopped by signals; "
+        "./dev.sh test -m 'not slow' leaves them out for a fast local loop (CI runs everything)",
+    )
+
+
 @pytest.fixture(scope="session")
 def registries():
     plugins = load_plugins(autoload=False)

@@ -162,6 +162,7 @@ def fake_inception(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_evaluate_command_computes_fid_kid_and_pixel_accuracy(tiny_recipe, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     run_dir = tmp_path / "run"

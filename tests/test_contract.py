@@ -5,7 +5,8 @@ from types import SimpleNamespace
 import pytest
 
 from unitkit.builtin.networks import ResnetEncoder
-from unitkit.testing import check_encoder, contract_tests
+from unitkit.registry import KINDS
+from unitkit.testing import CONTRACT_CHECKS, check_encoder, contract_tests
 
 test_contract = contract_tests()
 
@@ -20,3 +21,7 @@ class DriftingEncoder(ResnetEncoder):
 def test_a_forward_that_differs_from_the_blocks_breaks_the_contract():
     with pytest.raises(AssertionError, match="forward differs from applying its blocks"):
         check_encoder(SimpleNamespace(name="drifting", factory=DriftingEncoder))
+
+
+def test_every_kind_of_component_has_a_contract_check():
+    assert list(CONTRACT_CHECKS) == [kind.name for kind in KINDS]

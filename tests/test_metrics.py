@@ -105,6 +105,7 @@ def test_a_feature_cache_that_cannot_be_written_only_costs_time(tmp_path):
     torch.testing.assert_close(features, torch.ones(2, 3))
 
 
+@pytest.mark.slow
 def test_the_shipped_fid_network_gives_2048_features():
     try:
         path = find_inception()

@@ -153,6 +153,7 @@ main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_sigkill_while_writing_leaves_a_loadable_checkpoint_that_resumes(tiny_recipe, tmp_path):
     run_dir = tmp_path / "run"
     overrides = ["train.iterations=10", "train.checkpoint_every=1", "train.keep_checkpoints=10"]
@@ -166,6 +167,7 @@ def test_sigkill_while_writing_leaves_a_loadable_checkpoint_that_resumes(tiny_re
     assert result.step == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_saves_a_checkpoint_and_says_how_to_resume(tiny_recipe, tmp_path, signum, code):
     run_dir = tmp_path / "run"
@@ -257,6 +259,7 @@ def _worker(parent: int, rank: int) -> int:
     raise AssertionError(f"no worker of rank {rank} under process {parent}")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds torchrun's workers through /proc")
 def test_a_signal_to_one_of_two_processes_stops_both_and_saves(torchrun_tiny, tmp_path):
     """A preemption reaches torchrun's processes one by one; rank 1 alone leaving would strand rank 0."""
@@ -362,6 +365,7 @@ def unitkit_register_reconstruction_losses(registry):
 """
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_in_one_process_skips_the_update_in_all(torchrun_tiny, tmp_path, monkeypatch):
     """The gradients are averaged: had rank 0 stepped with rank 1's NaN, its weights would be NaN."""
     site = make_distribution(tmp_path / "site", "unitkit-rank-one", "unitkit_rank_one", RANK_ONE_EXPLODES)
@@ -377,6 +381,7 @@ def test_a_non_finite_loss_in_one_process_skips_the_update_in_all(torchrun_tiny,
     assert [r["skipped_updates"] for r in logged if "skipped_updates" in r][-1] == 4  # rank 0 skipped them too
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_in_one_process_stops_all_before_rank_0_saves(torchrun_tiny, tmp_path, monkeypatch):
     """Rank 1's NaN at iteration 3 (a checkpoint step) reached rank 0's weights through the averaged gradients."""
     site = make_distribution(tmp_path / "site", "unitkit-rank-one", "unitkit_rank_one", RANK_ONE_EXPLODES)

@@ -87,6 +87,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "run"
 
 
+@pytest.mark.slow
 def test_run_page_in_a_browser_shows_status_metrics_losses_grids_and_recipe(chromium, tiny_run, tmp_path):
     probe = tiny_run / "probe.html"  # beside index.html, so its relative image paths resolve
     probe.write_text((tiny_run / "index.html").read_text(encoding="utf-8") + PROBE, encoding="utf-8")

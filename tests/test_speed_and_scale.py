@@ -94,11 +94,13 @@ def test_channels_last_matches_contiguous(tiny_recipe, tmp_path):
     compare(plain, losses(tiny_recipe, tmp_path / "nhwc", "train.channels_last=true"), 1e-4)
 
 
+@pytest.mark.slow
 def test_compile_matches_eager(tiny_recipe, tmp_path):
     eager = losses(tiny_recipe, tmp_path / "eager")
     compare(eager, losses(tiny_recipe, tmp_path / "compiled", "train.compile=true"), 1e-3)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one_process(tiny_recipe, torchrun_tiny, tmp_path):
     common = ["train.iterations=3", "train.batch_size=4", "train.checkpoint_every=3", "train.deterministic=true"]
     registries = load_plugins(autoload=False).registries

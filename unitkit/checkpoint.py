@@ -112,10 +112,8 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: str, device: torch.devic
     """Set the RNGs ``rng_state`` saved; the GPU state goes to the training ``device`` (a CPU run skips it)."""
     info = json.loads(meta)
     torch.set_rng_state(tensors["rng/torch"])
-    # Checkpoints written before 2026-11-25 held every visible GPU's state, under rng/cuda/<index>.
-    cuda = tensors.get("rng/cuda", tensors.get(f"rng/cuda/{device.index or 0}"))
-    if device.type == "cuda" and cuda is not None:
-        torch.cuda.set_rng_state(cuda, device)
+    if device.type == "cuda" and "rng/cuda" in tensors:  # absent from a checkpoint a CPU run saved
+        torch.cuda.set_rng_state(tensors["rng/cuda"], device)
     kind, pos, has_gauss, gauss = info["numpy"]
     np.random.set_state((kind, tensors["rng/numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, py_gauss = info["python"]
@@ -214,15 +212,14 @@ def read_checkpoint(path: Path) -> Checkpoint:
         if key.startswith("optim/")
     }
     rng = {"tensors": {k: v for k, v in tensors.items() if k.startswith("rng/")}, "meta": metadata["rng"]}
-    schedulers = json.loads(metadata["schedulers"])
     return Checkpoint(
         step=int(metadata["step"]),
         recipe_toml=metadata["recipe"],
         data_info=json.loads(metadata["data"]),
         model_state={k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")},
         optimizers=optimizers,
-        schedulers=schedulers,
-        scalers=json.loads(metadata["scalers"]) if "scalers" in metadata else _scalers_in(schedulers),
+        schedulers=json.loads(metadata["schedulers"]),
+        scalers=json.loads(metadata["scalers"]),
         rng=rng,
         path=path,
         seconds=_seconds_in(metadata),
@@ -260,11 +257,6 @@ def _metadata(raw: bytes, path: Path) -> dict[str, str]:
             f"{path} is a safetensors file but not a unitkit checkpoint (format {metadata.get('format')!r})"
         )
     return metadata
-
-
-def _scalers_in(schedulers: dict[str, Any]) -> dict[str, Any]:
-    """Checkpoints written before 2026-11-25 kept the loss scalers' states among the schedulers'."""
-    return {k.removeprefix("scaler/"): v for k, v in schedulers.items() if k.startswith("scaler/")}
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:

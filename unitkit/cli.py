@@ -11,7 +11,6 @@ import contextlib
 import errno
 import functools
 import json
-import shlex
 import sys
 import tempfile
 import traceback
@@ -26,7 +25,6 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from unitkit import rundir
 from unitkit.errors import UnitkitError, UnitkitWarning, UsageError
 from unitkit.plugins import PluginSet, load_plugins
 from unitkit.recipe import load_recipe, schema_markdown
@@ -233,16 +231,18 @@ def list_plugins(as_json: bool) -> None:
     """List every registered component, the package (and version) that provided it, and failed plugins.
 
     Names are printed whole, one component a line; descriptions are cut to the terminal's width. --json prints
-    a list of objects with the keys kind (the registry, e.g. "discriminators"), name, plugin (the entry point),
-    package, version, description and error (null, or why the plugin failed: such an object has no kind or
-    name).
+    a list of objects with the keys kind (the registry, e.g. "discriminators"), name, plugin (the entry point,
+    or the module named in UNITKIT_PLUGINS), package, version, description and error (null, or why the plugin
+    failed: such an object has no kind or name).
 
     \b
     Examples:
       unitkit list-plugins
       unitkit list-plugins | grep patch
       unitkit list-plugins --json | jq -r '.[] | select(.kind == "discriminators") | .name'
-    Set UNITKIT_DISABLE_PLUGIN_AUTOLOAD=1 to load only the built-in components.
+      PYTHONPATH=. UNITKIT_PLUGINS=my_backbones unitkit list-plugins
+    UNITKIT_PLUGINS=MODULE[,MODULE...] loads modules on the Python path as plugins, unpackaged (their package
+    reads UNITKIT_PLUGINS:FILE). UNITKIT_DISABLE_PLUGIN_AUTOLOAD=1 loads only the built-in components and those.
     """
     plugins = load_plugins()
     if as_json:
@@ -277,14 +277,23 @@ def list_plugins(as_json: bool) -> None:
 @set_option
 @click.option("--ablation", default="", help="Apply the recipe's [ablations.NAME] table first.")
 @click.option(
+    "--origin",
+    is_flag=True,
+    help="Print each resolved value after where it came from: default, the recipe or one of its bases, the "
+    "ablation, or --set.",
+)
+@click.option(
     "--schema",
     is_flag=True,
     help="Instead, print the reference of every recipe table and key (markdown): type, default, range, "
     "description, and each registered component kind's settings.",
 )
 @friendly_errors
-def show(recipe: Path | None, overrides: tuple[str, ...], ablation: str, schema: bool) -> None:
+def show(recipe: Path | None, overrides: tuple[str, ...], ablation: str, origin: bool, schema: bool) -> None:
     """Validate RECIPE and print it resolved (defaults filled in) with the model's parameter counts.
+
+    With --origin, each value is one `ORIGIN<tab>key = value` line, the origins padded to one width: cut -f2
+    gives the resolved recipe as TOML.
 
     With --schema (and no RECIPE), print the reference of every recipe key instead; docs/recipes.md is that
     reference for the built-in components.
@@ -294,14 +303,15 @@ def show(recipe: Path | None, overrides: tuple[str, ...], ablation: str, schema:
       unitkit show recipes/quickstart.toml
       unitkit show recipes/cats.toml --set model.sharing.kind=none
       unitkit show recipes/cats.toml --ablation no-sharing
+      unitkit show recipes/horse2zebra.toml --origin --set train.lr=2e-4 | grep train.
       unitkit show --schema | less
       UNITKIT_DISABLE_PLUGIN_AUTOLOAD=1 unitkit show --schema > docs/recipes.md
     """
     from unitkit.model import build_model, parameter_report
 
     if schema:
-        if recipe or overrides or ablation:
-            raise click.UsageError("--schema describes every recipe; it takes no RECIPE, --set or --ablation")
+        if recipe or overrides or ablation or origin:
+            raise click.UsageError("--schema describes every recipe; it takes no RECIPE, --set, --ablation or --origin")
         click.echo(schema_markdown(plugins_with_warnings().registries), nl=False)
         return
     if recipe is None:
@@ -316,7 +326,10 @@ def show(recipe: Path | None, overrides: tuple[str, ...], ablation: str, schema:
     image_size = image_size if isinstance(image_size, int) else 0
     model = build_model(resolved, plugins.registries, channels, image_size=image_size)
     console.print(f"[bold]# {resolved.name}[/]" + (f" (ablation {ablation})" if ablation else ""), highlight=False)
-    console.print(resolved.to_toml(), markup=False, highlight=False)
+    if origin:
+        click.echo(resolved.origin_listing(), nl=False)  # not rich, which would turn the tabs into spaces
+    else:
+        console.print(resolved.to_toml(), markup=False, highlight=False)
     if not image_size:
         note = f"[data] kind = {resolved.data.kind!r} has no image_size setting: `unitkit run` checks the networks "
         console.print(f"[dim]{escape(note)}against its images once it has built the dataset[/]", highlight=False)
@@ -333,10 +346,6 @@ def show(recipe: Path | None, overrides: tuple[str, ...], ablation: str, schema:
     table.add_row("[bold]E+G total (shared once)", f"{report.generator_total:,}")
     table.add_row("[bold]D total (shared once)", f"{report.discriminator_total:,}")
     print_table(table)
-
-
-def _run_dir(out: Path | None, name: str, ablation: str) -> Path:
-    return out if out is not None else Path("runs") / (f"{name}-{ablation}" if ablation else name)
 
 
 @main.command()
@@ -406,13 +415,9 @@ def run(
     A sweep (--all-ablations or --ablations) ends with RUN_DIR/results.md, results.csv and results.png. With
     several GPUs its variants train side by side, one per GPU; --jobs sets how many run at once.
     """
-    import torch
-
-    from unitkit.distributed import is_main_process, world_size
+    from unitkit import sweep
+    from unitkit.distributed import is_main_process
     from unitkit.errors import TrainingError
-    from unitkit.recipe import ablation_names
-    from unitkit.sweep import Variant, job_devices, result_row, run_parallel
-    from unitkit.train import train
 
     global crash_log_folder
     if sum(map(bool, (ablation, all_ablations, chosen))) > 1:
@@ -420,98 +425,25 @@ def run(
     if resume and overwrite:
         raise UsageError("--resume continues a run and --overwrite replaces it: pass one of them")
     plugins = plugins_with_warnings()
-    sweep = all_ablations or bool(chosen)
-    if all_ablations:
-        variants = ["", *ablation_names(recipe)]
-    elif chosen:
-        variants = ["", *dict.fromkeys(name.strip() for name in chosen.split(",") if name.strip())]
-        if len(variants) == 1:
-            raise UsageError(f"--ablations {chosen!r} names no ablation; give A,B,... or use --all-ablations")
-    else:
-        variants = [ablation]
-    # Validate every variant before the first one trains, so a typo in the last ablation costs nothing.
-    recipes = [load_recipe(recipe, plugins.registries, overrides, name) for name in variants]
-    sweep_dir = (out if out is not None else Path("runs") / f"{recipes[0].name}-ablations") if sweep else None
-    if sweep_dir is not None:
-        run_dirs = [sweep_dir / (name or "base") for name in variants]
-    else:
-        run_dirs = [_run_dir(out, r.name, r.ablation) for r in recipes]
-    torchrun = world_size() > 1
-    if torchrun and jobs > 1:
-        raise UsageError("--jobs runs a sweep's variants as separate processes; it cannot run under torchrun")
-    cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    parallel = sweep_dir is not None and len(variants) > 1 and not torchrun
-    devices = job_devices(recipes[0].train.device, jobs, cuda_count) if parallel else []
-    # Under torchrun, rank 0 alone owns the run directory and the terminal.
-    main_process = is_main_process()
-    say = console if main_process else Console(quiet=True)
-    for run_dir in run_dirs if main_process else []:
-        if rundir.restore(run_dir):
-            say.print(f"put back the run in {run_dir} that an --overwrite killed before its first checkpoint had "
-                      "set aside", highlight=False)  # fmt: skip
-    # A resumed sweep continues the variants it had started and starts the others.
-    resumes = [resume and (sweep_dir is None or rundir.has_checkpoint(d)) for d in run_dirs]
-    # Every variant's directory is checked before the first one trains; each is changed only once its run has
-    # passed its own start-up checks (unitkit.rundir).
-    starts = [rundir.check_start(d, r, overwrite) if main_process else "fresh"
-              for d, r in zip(run_dirs, resumes, strict=True)]  # fmt: skip
-    crash_log_folder = sweep_dir or run_dirs[0]
-    again = ["unitkit", "run", str(recipe), *(f"--set {shlex.quote(o)}" for o in overrides)]
-    if sweep_dir is not None:
-        again += ["--all-ablations" if all_ablations else f"--ablations {chosen}", "--out", str(sweep_dir)]
-        again += [f"--jobs {jobs}"] if jobs else []
-    else:
-        again += [*(["--ablation", ablation] if ablation else []), "--out", str(run_dirs[0])]
-    resume_command = " ".join([*again, "--resume"])
-    if devices:
-        # A variant an interrupt caught before its first checkpoint starts afresh in its directory.
-        jobs_to_run = [Variant(name, d, r, overwrite=start == "replace")
-                       for name, d, r, start in zip(variants, run_dirs, resumes, starts, strict=True)]  # fmt: skip
-        rows, failed, interrupted = run_parallel(recipe, overrides, jobs_to_run, devices, sweep_dir, say)
-        if interrupted:
-            say.print(f"[yellow]interrupted[/]; resume with: {resume_command}", highlight=False)
-            sys.exit(143 if interrupted == "SIGTERM" else 130)
-        _write_sweep_results(rows, sweep_dir, recipes[0].name)
-        if failed:
-            raise TrainingError(f"{len(failed)} variant(s) failed: {', '.join(failed)}; see their logs in {sweep_dir}")
-        return
-    rows = []
-    for resolved, run_dir, resume_this, start in zip(recipes, run_dirs, resumes, starts, strict=True):
-        label = resolved.name + (f" [{resolved.ablation}]" if resolved.ablation else "")
-        say.print(f"[bold]unitkit run[/] {escape(label)} → {escape(str(run_dir))}", highlight=False)
-        try:
-            result = train(resolved, plugins.registries, run_dir, resume=resume_this, start=start, console=say,
-                           show_progress=not quiet)  # fmt: skip
-        except BaseException:
-            if main_process and rundir.restore(run_dir):
-                say.print(f"the run that was in {run_dir} is put back", highlight=False)
-            raise
-        if result.interrupted:
-            say.print(
-                f"[yellow]interrupted[/] at iteration {result.step:,}; checkpoint saved to {result.checkpoint}\n"
-                f"resume with: {resume_command}",
-                highlight=False,
-            )
-            sys.exit(143 if result.interrupted == "SIGTERM" else 130)
-        say.print(
-            f"[green]done[/] {result.step:,} iterations in {result.seconds:.0f} s; open {run_dir / 'index.html'}",
-            highlight=False,
-        )
-        if main_process:  # rank 0 alone wrote evaluation.json
-            rows.append(result_row(resolved.ablation or "base", run_dir))
-            evaluation = run_dir / "evaluation.json"
-            if sweep_dir is None and evaluation.exists():
-                print_metrics(json.loads(evaluation.read_text(encoding="utf-8")), f"final evaluation ({evaluation})")
-    if sweep_dir is not None and main_process:
-        _write_sweep_results(rows, sweep_dir, recipes[0].name)
-
-
-def _write_sweep_results(rows: list[dict], sweep_dir: Path, name: str) -> None:
-    from unitkit.report import write_results
-
-    written = write_results(rows, sweep_dir, f"{name}: base and ablations")
-    print_results(rows)
-    console.print(f"results: {', '.join(str(p) for p in written)}", highlight=False)
+    say = console if is_main_process() else Console(quiet=True)  # under torchrun, rank 0 alone owns the terminal
+    request = sweep.Request(recipe, overrides, ablation, all_ablations, chosen, out, resume, overwrite, jobs)
+    plan = sweep.plan_runs(request, plugins.registries, say)
+    crash_log_folder = plan.sweep_dir or plan.variants[0].run_dir
+    outcome = sweep.run_plan(plan, plugins.registries, say, show_progress=not quiet)
+    if outcome.interrupted:
+        stopped = outcome.stopped
+        saved = f" at iteration {stopped.step:,}; checkpoint saved to {stopped.checkpoint}" if stopped else ""
+        say.print(f"[yellow]interrupted[/]{saved}\nresume with: {plan.resume_command}", highlight=False)
+        sys.exit(143 if outcome.interrupted == "SIGTERM" else 130)
+    if outcome.written:
+        print_results(outcome.rows)
+        console.print(f"results: {', '.join(str(p) for p in outcome.written)}", highlight=False)
+    evaluation = plan.variants[0].run_dir / "evaluation.json"
+    if plan.sweep_dir is None and is_main_process() and evaluation.exists():  # rank 0 alone wrote it
+        print_metrics(json.loads(evaluation.read_text(encoding="utf-8")), f"final evaluation ({evaluation})")
+    if outcome.failed:
+        raise TrainingError(f"{len(outcome.failed)} variant(s) failed: {', '.join(outcome.failed)}; see their logs "
+                            f"in {plan.sweep_dir}")  # fmt: skip
 
 
 def print_results(rows: list[dict]) -> None:

@@ -1,4 +1,4 @@
-"""The plugin contract: one hook per registry.
+"""The plugin contract: one hook per kind of component (:data:`unitkit.registry.KINDS`), checked on import.
 
 A plugin is a module (named by an entry point in group ``unitkit``) that implements any of these hooks with
 ``@unitkit.hookimpl``. Each hook receives the :class:`unitkit.registry.Registry` for one kind of component and
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pluggy
 
-from unitkit.registry import Registry
+from unitkit.registry import KINDS, Registry
 
 PROJECT = "unitkit"
 #: Version of the hook contract. Bumped when a hook's arguments or a component interface change.
@@ -22,6 +22,11 @@ HOOK_VERSION = 1
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def unitkit_register_datasets(registry: Registry) -> None:
+    """Register datasets: factories ``(**settings) -> DomainData`` (two domains, train and test splits)."""
 
 
 @hookspec
@@ -52,6 +57,15 @@ def unitkit_register_discriminators(registry: Registry) -> None:
 
 
 @hookspec
+def unitkit_register_sharing_strategies(registry: Registry) -> None:
+    """Register weight-sharing strategies: functions ``(encoders, generators, **settings) -> None``.
+
+    ``encoders`` and ``generators`` are pairs (domain A, domain B) of freshly built backbones; the strategy
+    ties blocks in place by assigning domain A's block module into domain B's ``blocks`` list.
+    """
+
+
+@hookspec
 def unitkit_register_gan_losses(registry: Registry) -> None:
     """Register adversarial losses: factories ``(**settings) -> GANLoss``."""
 
@@ -62,32 +76,19 @@ def unitkit_register_reconstruction_losses(registry: Registry) -> None:
 
 
 @hookspec
-def unitkit_register_sharing_strategies(registry: Registry) -> None:
-    """Register weight-sharing strategies: functions ``(encoders, generators, **settings) -> None``.
-
-    ``encoders`` and ``generators`` are pairs (domain A, domain B) of freshly built backbones; the strategy
-    ties blocks in place by assigning domain A's block module into domain B's ``blocks`` list.
-    """
-
-
-@hookspec
-def unitkit_register_datasets(registry: Registry) -> None:
-    """Register datasets: factories ``(**settings) -> DomainData`` (two domains, train and test splits)."""
-
-
-@hookspec
 def unitkit_register_loggers(registry: Registry) -> None:
     """Register loggers: factories ``(run_dir, **settings) -> Logger`` that receive a run's scalars."""
 
 
-#: Registry kind → the hook that fills it.
-HOOKS: dict[str, str] = {
-    "encoders": "unitkit_register_encoders",
-    "generators": "unitkit_register_generators",
-    "discriminators": "unitkit_register_discriminators",
-    "gan_losses": "unitkit_register_gan_losses",
-    "reconstruction_losses": "unitkit_register_reconstruction_losses",
-    "sharing_strategies": "unitkit_register_sharing_strategies",
-    "datasets": "unitkit_register_datasets",
-    "loggers": "unitkit_register_loggers",
-}
+def _check_every_kind_has_one_hook() -> None:
+    """A kind without its hook could never be filled, and a hook without its kind would never be called."""
+    specified = {name for name, value in globals().items() if hasattr(value, f"{PROJECT}_spec")}  # pluggy's mark
+    wanted = {kind.hook for kind in KINDS}
+    if specified != wanted:
+        raise ImportError(
+            "unitkit.hookspecs and unitkit.registry.KINDS disagree: kinds without a hook specification "
+            f"{sorted(wanted - specified)}, hook specifications without a kind {sorted(specified - wanted)}"
+        )
+
+
+_check_every_kind_has_one_hook()

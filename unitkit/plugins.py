@@ -1,4 +1,5 @@
-"""Finds plugins through entry points of group ``unitkit`` and lets each fill the registries.
+"""Finds plugins (entry points of group ``unitkit``, and modules named in ``UNITKIT_PLUGINS``) and lets each fill
+the registries.
 
 A manager is built per call (:func:`load_plugins`), never at import time, so a test can build one with only the
 plugins it names. unitkit's built-in components load first, so an installed plugin cannot take their names. A
@@ -9,19 +10,24 @@ the registries, and the others keep working. A plugin registering a name that is
 
 from __future__ import annotations
 
+import importlib
 import os
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import metadata
 
 import pluggy
 
 from unitkit import hookspecs
-from unitkit.hookspecs import HOOK_VERSION, HOOKS, PROJECT
-from unitkit.registry import Clash, Provider, Registries
+from unitkit.hookspecs import HOOK_VERSION, PROJECT
+from unitkit.registry import KINDS, Clash, Provider, Registries
 
 #: Set to 1 to load only unitkit's own built-in components (third-party entry points are ignored).
 DISABLE_AUTOLOAD_ENV = "UNITKIT_DISABLE_PLUGIN_AUTOLOAD"
+#: Modules to import as plugins without packaging them, comma-separated (``UNITKIT_PLUGINS=my_backbones``).
+PLUGINS_ENV = "UNITKIT_PLUGINS"
 BUILTIN_DISTRIBUTION = "unitkit"
 BUILTIN_ENTRY_POINT = "builtin"
 
@@ -96,12 +102,15 @@ def load_plugins(
 ) -> PluginSet:
     """Build a plugin manager, load plugins and fill a fresh set of registries.
 
+    The plugins load in this order: unitkit's built-in components (its ``builtin`` entry point, always loaded),
+    the other entry points of group ``unitkit``, the modules named in ``UNITKIT_PLUGINS``, then ``modules``.
+
     Args:
         modules: extra plugin objects to register by name (tests use this to add a plugin without installing
-            it). They are registered after the entry-point plugins.
+            it).
         autoload: load third-party entry points of group ``unitkit``. ``None`` means yes unless the environment
-            variable ``UNITKIT_DISABLE_PLUGIN_AUTOLOAD`` is set to a true value. unitkit's own built-in
-            components (its ``builtin`` entry point) always load, and first.
+            variable ``UNITKIT_DISABLE_PLUGIN_AUTOLOAD`` is set to a true value. Modules named in
+            ``UNITKIT_PLUGINS`` load either way: they were asked for by name.
 
     Example::
 
@@ -122,10 +131,11 @@ def load_plugins(
             skipped.append(package)
             continue
         provider = Provider(ep.name, package, ep.dist.version if ep.dist else "")
-        try:
-            candidates.append((provider, ep.load()))
-        except Exception as exc:  # a broken third-party package must not take the toolkit down
-            result.failures.append(PluginFailure(ep.name, package, _one_line(exc)))
+        if (module := _import(result, provider, ep.load)) is not None:
+            candidates.append((provider, module))
+    for name in _named_in_environment():
+        if (module := _import(result, Provider(name, PLUGINS_ENV), partial(_import_named, name))) is not None:
+            candidates.append((Provider(name, f"{PLUGINS_ENV}:{getattr(module, '__file__', None) or name}"), module))
     for name, module in (modules or {}).items():
         candidates.append((Provider(name, getattr(module, "__name__", name)), module))
 
@@ -133,6 +143,30 @@ def load_plugins(
         _register_one(result, provider, module)
     result.registries.note_missing(_why_components_may_be_missing(result.failures, skipped, autoload))
     return result
+
+
+def _import(result: PluginSet, provider: Provider, load: Callable[[], object]) -> object | None:
+    """The plugin's module, or None with the failure recorded: a broken plugin must not take the toolkit down."""
+    try:
+        return load()
+    except Exception as exc:
+        result.failures.append(PluginFailure(provider.plugin, provider.package, _one_line(exc)))
+        return None
+
+
+def _named_in_environment() -> list[str]:
+    """The module names in ``UNITKIT_PLUGINS``, each once, in order."""
+    names = (name.strip() for name in os.environ.get(PLUGINS_ENV, "").split(","))
+    return list(dict.fromkeys(name for name in names if name))
+
+
+def _import_named(name: str) -> types.ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not f"{name}.".startswith(f"{exc.name}."):
+            raise  # the module was found; something it imports was not
+        raise ModuleNotFoundError(f"no module named {name!r}: add its folder to PYTHONPATH") from exc
 
 
 def _why_components_may_be_missing(failures: list[PluginFailure], skipped: list[str], autoload: bool) -> str:
@@ -167,14 +201,14 @@ def _register_one(result: PluginSet, provider: Provider, module: object) -> None
     except Exception as exc:
         result.failures.append(PluginFailure(provider.plugin, provider.package, _one_line(exc)))
         return
-    # Call each hook of this plugin alone, so an error is charged to the plugin that raised it, and into staging
-    # copies of the registries, so a plugin that raises halfway leaves nothing of itself behind.
+    # Each hook is called through pluggy (so tryfirst, trylast and wrappers work) for this plugin alone, so an
+    # error is charged to the plugin that raised it, and into staging copies of the registries, so a plugin that
+    # raises halfway leaves nothing of itself behind.
+    others = [plugin for plugin in result.manager.get_plugins() if plugin is not module]
     staged = result.registries.staging(provider)
     try:
-        for kind, hook_name in HOOKS.items():
-            for impl in getattr(result.manager.hook, hook_name).get_hookimpls():
-                if impl.plugin is module:
-                    impl.function(registry=staged[kind])
+        for kind in KINDS:
+            result.manager.subset_hook_caller(kind.hook, remove_plugins=others)(registry=staged[kind.name])
     except Exception as exc:
         failure = PluginFailure(provider.plugin, provider.package, _one_line(exc))
         result.failures.append(failure)

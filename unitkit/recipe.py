@@ -3,7 +3,8 @@
 A recipe names every component by a table with a ``kind`` key plus that component's settings; the settings a
 kind accepts are read from its factory's signature. The fixed tables (``[train]``, ``[objective]``, ...) are the
 pydantic models below: they are the one place defaults are written. ``[ablations.NAME]`` tables and ``--set``
-hold dotted-key overrides in the same syntax.
+hold dotted-key overrides in the same syntax. ``base = "other.toml"`` builds a recipe on another: the recipe's
+values are applied over its base's as ``--set`` values are, and its ablations join its base's.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import pydantic
 import tomli_w
@@ -26,7 +27,7 @@ from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field
 
 from unitkit.errors import UsageError
 from unitkit.plugins import BUILTIN_DISTRIBUTION
-from unitkit.registry import KIND_LABELS, PROVIDED_ARGUMENTS, Registries
+from unitkit.registry import KIND_LABELS, KINDS, PROVIDED_ARGUMENTS, Registries
 
 #: Environment variable naming the folder of real datasets; recipes write it as ``${UNITKIT_DATA}``.
 DATA_ENV = "UNITKIT_DATA"
@@ -186,16 +187,8 @@ class RecipeSchema(BaseModel):
     )
 
 
-#: Recipe path of each component table → the registry its kind is looked up in.
-COMPONENT_TABLES: dict[tuple[str, ...], str] = {
-    ("data",): "datasets",
-    ("model", "encoder"): "encoders",
-    ("model", "generator"): "generators",
-    ("model", "discriminator"): "discriminators",
-    ("model", "sharing"): "sharing_strategies",
-    ("objective", "gan_loss"): "gan_losses",
-    ("objective", "reconstruction_loss"): "reconstruction_losses",
-}
+#: Recipe path of each component table → the registry its kind is looked up in (the ``[[loggers]]`` array aside).
+COMPONENT_TABLES: dict[tuple[str, ...], str] = {kind.table: kind.name for kind in KINDS if not kind.repeated}
 
 
 class Component(BaseModel):
@@ -227,10 +220,24 @@ class Recipe(BaseModel):
     loggers: list[Component]
     resolved: dict[str, Any]
     ablation: str = ""
+    #: Where the dotted keys of ``resolved`` that are not defaults got their values: a recipe file (the recipe's
+    #: own or a base's), ``FILE [ablations.NAME]`` or ``--set``. Empty for a recipe read back from a run.
+    origins: dict[str, str] = {}
 
     def to_toml(self) -> str:
         """The resolved recipe (every default filled in, ablation and overrides applied) as TOML."""
         return tomli_w.dumps(self.resolved)
+
+    def origin_listing(self) -> str:
+        """Each resolved value as a ``key = value`` line after where it came from (``default`` or an entry of
+        ``origins``), padded to one width, and a tab. Without the origins the lines are the resolved recipe as TOML."""
+        values = _flatten(self.resolved)
+        origins = [self.origins.get(key, "default") for key in values]
+        width = max(map(len, origins), default=0)
+        return "".join(
+            f"{origin:<{width}}\t{key} = {_toml_value(value)}\n"
+            for origin, (key, value) in zip(origins, values.items(), strict=True)
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -543,9 +550,94 @@ def _ablation_tables(raw: dict[str, Any], origin: str) -> dict[str, Any]:
     return ablations
 
 
+#: Top-level keys that are each recipe file's own: a recipe takes neither its base's name (the name of its run
+#: directory) nor its base's description.
+_OWN_KEYS = ("name", "description")
+
+#: Keys a recipe may spell another way (the paper's λ0..λ4) → the key the resolved recipe uses, so that a
+#: recipe's ``lambda0`` replaces its base's ``gan``, as a ``--set`` of either replaces the recipe's.
+_SPELLINGS = {
+    f"objective.{alias}": f"objective.{name}"
+    for name, info in ObjectiveSettings.model_fields.items()
+    if isinstance(info.validation_alias, AliasChoices)
+    for alias in info.validation_alias.choices
+}
+
+
+class _Layer(NamedTuple):
+    """The values a recipe takes from one source, as dotted keys: a recipe file, an ablation or ``--set``."""
+
+    origin: str
+    changes: dict[str, Any]
+
+
+def _layer(origin: str, table: dict[str, Any]) -> _Layer:
+    """``table`` (nested tables or dotted keys) as a layer of dotted keys, each spelled as the resolved recipe does."""
+    return _Layer(origin, {_SPELLINGS.get(key, key): value for key, value in _flatten(table).items()})
+
+
+def _base_path(path: Path, base: Any, chain: tuple[Path, ...]) -> Path:
+    """The recipe file that ``base = ...`` in recipe ``path`` names from ``path``'s folder; ``chain`` holds the
+    recipes that led to ``path`` through their bases, to which it must not lead back."""
+    if not isinstance(base, str) or not base:
+        raise RecipeError(
+            f"{path}: base = {base!r}: name the recipe this one builds on by its path from this recipe's folder, "
+            'e.g. base = "cats.toml"'
+        )
+    found = Path(os.path.normpath(path.parent / base))
+    if not found.is_file():
+        others = [p.name for p in found.parent.glob("*.toml")] if found.parent.is_dir() else []
+        close = difflib.get_close_matches(found.name, others, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "a base is a path from the recipe's folder"
+        raise RecipeError(f"{path}: base = {base!r}: no recipe file {found}; {hint}")
+    seen = (*chain, path)
+    if found.resolve() in {p.resolve() for p in seen}:
+        cycle = " -> ".join(map(str, (*seen, found)))
+        raise RecipeError(f"{path}: these recipes are each other's bases in a cycle, {cycle}; remove one base")
+    return found
+
+
+def _read_chain(path: Path, chain: tuple[Path, ...] = ()) -> tuple[list[_Layer], dict[str, tuple[str, Any]]]:
+    """The layers of recipe file ``path``, its bases' first, and its ablations by name with the file that defines
+    each, its bases' first (a table of the same name replaces the base's); ``chain`` as for :func:`_base_path`."""
+    origin = str(path)
+    raw = read_toml(path)
+    ablations = {name: (origin, table) for name, table in _ablation_tables(raw, origin).items()}
+    raw.pop("ablations", None)
+    base = raw.pop("base", None)
+    own = _layer(origin, raw)
+    if base is None:
+        return [own], ablations
+    base_layers, inherited = _read_chain(_base_path(path, base, chain), (*chain, path))
+    shared = [_Layer(where, {k: v for k, v in changes.items() if k not in _OWN_KEYS}) for where, changes in base_layers]
+    return [*shared, own], {**inherited, **ablations}
+
+
+def _ablation_layer(origin: str, name: str, ablations: dict[str, tuple[str, Any]]) -> _Layer:
+    """The overrides of ablation ``name`` of recipe ``origin``, which defines it or inherits it."""
+    if name not in ablations:
+        names = list(ablations)
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise RecipeError(f"{origin}: no ablation {name!r}; {hint}(defined: {', '.join(names) or 'none'})")
+    where, table = ablations[name]
+    if not isinstance(table, dict):
+        raise RecipeError(f"{where}: [ablations.{name}] must be a table of dotted-key overrides")
+    layer = _layer(f"{where} [ablations.{name}]", table)
+    for key in layer.changes:
+        table_name = key.split(".")[0]
+        if table_name not in RecipeSchema.model_fields:
+            # [ablations.kl-0.1] is the table "kl-0" holding a table "1": TOML splits names at dots.
+            raise RecipeError(
+                f"{where}: [ablations.{name}] sets {key!r}, but {table_name!r} is not a recipe table; if the "
+                f'ablation\'s name has a dot, quote it: [ablations."{name}.{table_name}"]'
+            )
+    return layer
+
+
 def ablation_names(path: str | Path) -> list[str]:
-    """Names of the ``[ablations.NAME]`` tables of a recipe file, in file order."""
-    return list(_ablation_tables(read_toml(path), str(path)))
+    """Names of the ``[ablations.NAME]`` tables of a recipe file and of its bases, its bases' first, in file order."""
+    return list(_read_chain(Path(path))[1])
 
 
 def load_recipe(
@@ -554,42 +646,37 @@ def load_recipe(
     overrides: list[str] | tuple[str, ...] = (),
     ablation: str = "",
 ) -> Recipe:
-    """Read, override and validate a recipe file.
+    """Read a recipe file on top of its bases, apply the ablation and the overrides, and validate it.
+
+    Each source is applied over the ones before it as ``--set`` values are (:func:`apply_overrides`): the base's
+    base, the base, the recipe, the ablation, the overrides. The recipe's ``origins`` say which one each value
+    came from.
 
     Args:
-        path: the TOML recipe.
+        path: the TOML recipe. Its top-level ``base = "other.toml"`` names, from its folder, a recipe it builds on.
         registries: filled registries (``unitkit.plugins.load_plugins().registries``).
         overrides: ``--set`` strings, ``dotted.key=value``, applied after the ablation.
-        ablation: name of an ``[ablations.NAME]`` table to apply first, or ``""``.
+        ablation: name of an ``[ablations.NAME]`` table of the recipe or a base to apply first, or ``""``.
 
     Raises:
         RecipeError: with a message naming the file, table, key, value and nearest valid name.
     """
     origin = str(path)
-    raw = read_toml(path)
-    ablations = _ablation_tables(raw, origin)
-    raw.pop("ablations", None)
+    layers, ablations = _read_chain(Path(path))
     if ablation:
-        if ablation not in ablations:
-            names = list(ablations)
-            close = difflib.get_close_matches(ablation, names, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise RecipeError(f"{origin}: no ablation {ablation!r}; {hint}(defined: {', '.join(names) or 'none'})")
-        if not isinstance(ablations[ablation], dict):
-            raise RecipeError(f"{origin}: [ablations.{ablation}] must be a table of dotted-key overrides")
-        changes = _flatten(ablations[ablation])
-        for key in changes:
-            table = key.split(".")[0]
-            if table not in RecipeSchema.model_fields:
-                # [ablations.kl-0.1] is the table "kl-0" holding a table "1": TOML splits names at dots.
-                raise RecipeError(
-                    f"{origin}: [ablations.{ablation}] sets {key!r}, but {table!r} is not a recipe table; if the "
-                    f'ablation\'s name has a dot, quote it: [ablations."{ablation}.{table}"]'
-                )
-        raw = apply_overrides(raw, changes, f"{origin} [ablations.{ablation}]")
-    parsed = dict(parse_override(o) for o in overrides)
-    raw = apply_overrides(raw, parsed, f"{origin} (--set)")
-    return validate(raw, registries, origin, ablation)
+        layers.append(_ablation_layer(origin, ablation, ablations))
+    layers.append(_layer("--set", dict(parse_override(o) for o in overrides)))
+    raw: dict[str, Any] = {}
+    set_by: dict[str, str] = {}
+    for layer in layers:
+        raw = apply_overrides(raw, layer.changes, layer.origin)
+        set_by.update(dict.fromkeys(layer.changes, layer.origin))
+    recipe = validate(raw, registries, origin, ablation)
+    held = _flatten(raw)  # without the settings that a later source's other kind of component dropped
+    origins = {key: where for key, where in set_by.items() if key in held}
+    if ablation:
+        origins["ablation"] = layers[-2].origin
+    return recipe.model_copy(update={"origins": origins})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -613,6 +700,14 @@ Setting a component's `kind` drops the settings of the kind it replaces: `--set 
 `[ablations.NAME]` table holds such dotted keys, e.g. `"objective.cycle" = 0.0`; `unitkit run --ablation NAME`
 applies it before the `--set` values, and `--all-ablations` runs the recipe and each of its ablations. A string
 may hold `${UNITKIT_DATA}`, the folder of real datasets.
+
+A recipe may build on another: a top-level `base = "cats.toml"`, a path from the recipe's folder, starts it from
+that recipe (and from that recipe's own base, if it has one); its tables are then applied as `--set` values are,
+so a component table that names another `kind` starts from that kind's defaults. It inherits its base's
+ablations; an `[ablations.NAME]` of its own adds one or replaces the base's of that name. `name` and
+`description` are never inherited. A run stores the recipe resolved, without `base`.
+`unitkit show RECIPE --origin` prints each value beside where it came from: `default`, the recipe or a base, an
+ablation, or `--set`.
 
 Each table below lists its keys with their type, default ("required": no default), allowed range or values,
 and description. The file is generated from the code, with the built-in components only:

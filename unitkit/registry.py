@@ -1,4 +1,5 @@
-"""Registries: a name → factory table per kind of component, remembering which plugin gave each name."""
+"""Registries: a name → factory table per kind of component (:data:`KINDS`), remembering which plugin gave
+each name."""
 
 from __future__ import annotations
 
@@ -14,6 +15,48 @@ from unitkit.errors import UsageError
 
 class RegistryError(UsageError):
     """A name registered twice, or a name looked up that nobody registered."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of component: its registry, the hook that fills it and the recipe table that picks from it.
+
+    :data:`KINDS` is the one list of kinds: a new kind is one entry there, its hook specification (with the
+    docstring plugin authors read) in :mod:`unitkit.hookspecs` and its check in :data:`unitkit.testing.CONTRACT_CHECKS`.
+    """
+
+    #: The registry's name (``registries.encoders``), also the end of its hook's name.
+    name: str
+    #: One component of this kind, in messages: ``"encoder backbone"``.
+    label: str
+    #: The recipe table whose ``kind`` key picks the component; for a ``repeated`` kind, the array of such tables.
+    table: tuple[str, ...]
+    #: Arguments unitkit passes to a factory itself; a recipe may not set them.
+    provided: frozenset[str] = frozenset()
+    #: A recipe holds any number of these components, one per table of an array (``[[loggers]]``).
+    repeated: bool = False
+
+    @property
+    def hook(self) -> str:
+        """The hook that fills this kind's registry (specified in :mod:`unitkit.hookspecs`)."""
+        return f"unitkit_register_{self.name}"
+
+
+#: Every kind of component, in the order a recipe lists their tables.
+KINDS: tuple[Kind, ...] = (
+    Kind("datasets", "dataset", ("data",)),
+    Kind("encoders", "encoder backbone", ("model", "encoder"), frozenset({"in_channels"})),
+    Kind("generators", "generator backbone", ("model", "generator"), frozenset({"out_channels", "latent_channels"})),
+    Kind("discriminators", "discriminator", ("model", "discriminator"), frozenset({"in_channels", "num_classes"})),
+    Kind("sharing_strategies", "sharing strategy", ("model", "sharing"), frozenset({"encoders", "generators"})),
+    Kind("gan_losses", "GAN loss", ("objective", "gan_loss")),
+    Kind("reconstruction_losses", "reconstruction loss", ("objective", "reconstruction_loss")),
+    Kind("loggers", "logger", ("loggers",), frozenset({"run_dir"}), repeated=True),
+)
+#: Each kind's label by registry name (``KIND_LABELS["encoders"] == "encoder backbone"``), for messages.
+KIND_LABELS: dict[str, str] = {kind.name: kind.label for kind in KINDS}
+#: The arguments unitkit passes each kind's factories, by registry name.
+PROVIDED_ARGUMENTS: dict[str, frozenset[str]] = {kind.name: kind.provided for kind in KINDS}
 
 
 @dataclass(frozen=True)
@@ -61,31 +104,6 @@ class Clash:
             f"{self.component} is registered twice: by plugin {self.holder} and by plugin {self.newcomer}; "
             "the first is kept: uninstall one of them or rename the component"
         )
-
-
-#: Arguments unitkit passes to a factory itself; a recipe may not set them.
-PROVIDED_ARGUMENTS: dict[str, frozenset[str]] = {
-    "encoders": frozenset({"in_channels"}),
-    "generators": frozenset({"out_channels", "latent_channels"}),
-    "discriminators": frozenset({"in_channels", "num_classes"}),
-    "gan_losses": frozenset(),
-    "reconstruction_losses": frozenset(),
-    "sharing_strategies": frozenset({"encoders", "generators"}),
-    "datasets": frozenset(),
-    "loggers": frozenset({"run_dir"}),
-}
-
-#: Human-readable singular of each registry, for messages.
-KIND_LABELS: dict[str, str] = {
-    "encoders": "encoder backbone",
-    "generators": "generator backbone",
-    "discriminators": "discriminator",
-    "gan_losses": "GAN loss",
-    "reconstruction_losses": "reconstruction loss",
-    "sharing_strategies": "sharing strategy",
-    "datasets": "dataset",
-    "loggers": "logger",
-}
 
 
 @dataclass
@@ -189,33 +207,28 @@ class Registry:
         return list(self._clashes or [])
 
 
-REGISTRY_KINDS: tuple[str, ...] = tuple(PROVIDED_ARGUMENTS)
-
-
-@dataclass
 class Registries:
-    """One :class:`Registry` per kind of component, as filled by the plugin manager."""
+    """One :class:`Registry` per kind of :data:`KINDS`, as filled by the plugin manager: ``registries.encoders`` or
+    ``registries["encoders"]``; iterating gives them in :data:`KINDS` order."""
 
-    encoders: Registry = field(default_factory=lambda: Registry("encoders"))
-    generators: Registry = field(default_factory=lambda: Registry("generators"))
-    discriminators: Registry = field(default_factory=lambda: Registry("discriminators"))
-    gan_losses: Registry = field(default_factory=lambda: Registry("gan_losses"))
-    reconstruction_losses: Registry = field(default_factory=lambda: Registry("reconstruction_losses"))
-    sharing_strategies: Registry = field(default_factory=lambda: Registry("sharing_strategies"))
-    datasets: Registry = field(default_factory=lambda: Registry("datasets"))
-    loggers: Registry = field(default_factory=lambda: Registry("loggers"))
+    def __init__(self, registries: dict[str, Registry] | None = None) -> None:
+        self._registries = registries or {kind.name: Registry(kind.name) for kind in KINDS}
+
+    def __getattr__(self, name: str) -> Registry:
+        registries = self.__dict__.get("_registries", {})  # absent while a copy is being made
+        if name not in registries:
+            raise AttributeError(f"no registry {name!r}; the registries are {', '.join(registries)}")
+        return registries[name]
 
     def __getitem__(self, kind: str) -> Registry:
-        if kind not in REGISTRY_KINDS:
-            raise KeyError(kind)
-        return getattr(self, kind)
+        return self._registries[kind]
 
     def __iter__(self) -> Iterator[Registry]:
-        return iter(getattr(self, kind) for kind in REGISTRY_KINDS)
+        return iter(self._registries.values())
 
     def staging(self, provider: Provider) -> Registries:
         """A :meth:`Registry.staging` copy of every registry, for one plugin to register into."""
-        return Registries(**{kind: self[kind].staging(provider) for kind in REGISTRY_KINDS})
+        return Registries({kind: registry.staging(provider) for kind, registry in self._registries.items()})
 
     def adopt(self, staged: Registries) -> None:
         """Take over what was registered in ``staged`` (see :meth:`staging`)."""

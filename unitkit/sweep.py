@@ -1,14 +1,17 @@
-"""Run the variants of a sweep side by side: one per GPU, or several CPU jobs that split the cores.
+"""Plan and run what ``unitkit run`` is asked: one run, or a sweep of a recipe's base and ablations.
 
-Each variant trains in its own ``unitkit run --ablation NAME`` process, so CUDA contexts, thread pools and
-crashes stay apart; its output goes to ``SWEEP_DIR/NAME.log``. The sweep waits for all of them and returns one
-row per finished variant for the results table.
+A plan validates every variant's recipe and checks every run directory before the first variant trains. The
+variants then train one after another in this process, or side by side (one per GPU, or several CPU jobs that
+split the cores), each in its own ``unitkit run --ablation NAME`` process so that CUDA contexts, thread pools and
+crashes stay apart, with its output in ``SWEEP_DIR/NAME.log``. A sweep ends with its results table, one row per
+finished variant.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,11 +19,178 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.markup import escape
 
+from unitkit import rundir
 from unitkit.checkpoint import checkpoint_step, list_checkpoints, read_seconds
-from unitkit.errors import CheckpointError
+from unitkit.distributed import is_main_process, world_size
+from unitkit.errors import CheckpointError, UsageError
+from unitkit.recipe import Recipe, ablation_names, load_recipe
+from unitkit.registry import Registries
+from unitkit.report import write_results
+from unitkit.train import RunResult, train
+
+
+@dataclass(frozen=True)
+class Request:
+    """What ``unitkit run`` is asked, option by option (see ``unitkit run --help``)."""
+
+    recipe: Path
+    overrides: tuple[str, ...] = ()
+    ablation: str = ""  # --ablation NAME: that variant alone
+    all_ablations: bool = False
+    chosen: str = ""  # --ablations A,B,...
+    out: Path | None = None
+    resume: bool = False
+    overwrite: bool = False
+    jobs: int = 0
+
+    @property
+    def is_sweep(self) -> bool:
+        return self.all_ablations or bool(self.chosen)
+
+
+@dataclass
+class Variant:
+    """One run of a plan: its ablation ("" for the base recipe), resolved recipe and run directory, and how it
+    starts there."""
+
+    ablation: str
+    recipe: Recipe
+    run_dir: Path
+    resume: bool = False
+    start: rundir.Start = "fresh"
+    # Where it trains in a process of its own (run_parallel): the process, when it started, and its output.
+    process: subprocess.Popen | None = field(default=None, repr=False)
+    started: float = 0.0
+    log: Path | None = None
+
+    @property
+    def label(self) -> str:
+        return self.ablation or "base"
+
+
+@dataclass
+class Plan:
+    """The runs ``unitkit run`` trains, decided and checked before the first one starts."""
+
+    request: Request
+    variants: list[Variant]
+    sweep_dir: Path | None  # a sweep's folder (its variants' folders, logs and results table); None for one run
+    devices: list[str]  # the devices of the parallel slots (see job_devices); empty: one variant after another here
+
+    @property
+    def resume_command(self) -> str:
+        """The command that continues the plan after an interrupt."""
+        request = self.request
+        again = ["unitkit", "run", str(request.recipe), *(f"--set {shlex.quote(o)}" for o in request.overrides)]
+        if self.sweep_dir is not None:
+            again += ["--all-ablations" if request.all_ablations else f"--ablations {request.chosen}"]
+            again += ["--out", str(self.sweep_dir), *([f"--jobs {request.jobs}"] if request.jobs else [])]
+        else:
+            again += ["--ablation", request.ablation] if request.ablation else []
+            again += ["--out", str(self.variants[0].run_dir)]
+        return " ".join([*again, "--resume"])
+
+
+@dataclass
+class Outcome:
+    """How a plan's runs ended."""
+
+    rows: list[dict] = field(default_factory=list)  # the finished variants' result rows (see result_row)
+    failed: list[str] = field(default_factory=list)  # labels of the variants that failed in their own processes
+    interrupted: str = ""  # "SIGINT" or "SIGTERM" when a signal stopped the plan
+    stopped: RunResult | None = None  # the run a signal stopped in this process, with the checkpoint it saved
+    written: list[Path] = field(default_factory=list)  # a sweep's results table (markdown, CSV, chart)
+
+
+def plan_runs(request: Request, registries: Registries, console: Console) -> Plan:
+    """Which variants train, in which run directories, and how each starts; nothing trains yet.
+
+    Every variant's recipe is validated and every run directory checked (:func:`unitkit.rundir.check_start`)
+    before the first variant trains, so a typo in the last ablation costs nothing; each directory is changed
+    only once its run has passed its own start-up checks. A run that an --overwrite killed before its first
+    checkpoint had set aside is put back first, and ``console`` says so.
+    """
+    names = variant_names(request)
+    recipes = [load_recipe(request.recipe, registries, request.overrides, name) for name in names]
+    if request.is_sweep:
+        sweep_dir = request.out or Path("runs") / f"{recipes[0].name}-ablations"
+        run_dirs = [sweep_dir / (name or "base") for name in names]
+    else:
+        sweep_dir = None
+        run_dirs = [request.out or Path("runs") / (f"{r.name}-{r.ablation}" if r.ablation else r.name) for r in recipes]
+    torchrun = world_size() > 1
+    if torchrun and request.jobs > 1:
+        raise UsageError("--jobs runs a sweep's variants as separate processes; it cannot run under torchrun")
+    devices: list[str] = []
+    if sweep_dir is not None and len(names) > 1 and not torchrun:
+        cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        devices = job_devices(recipes[0].train.device, request.jobs, cuda_count)
+    main_process = is_main_process()  # under torchrun, rank 0 alone owns the run directories
+    for run_dir in run_dirs if main_process else []:
+        if rundir.restore(run_dir):
+            console.print(f"put back the run in {run_dir} that an --overwrite killed before its first checkpoint "
+                          "had set aside", highlight=False)  # fmt: skip
+    # A resumed sweep continues the variants it had started and starts the others.
+    resumes = [request.resume and (sweep_dir is None or rundir.has_checkpoint(d)) for d in run_dirs]
+    starts = [rundir.check_start(d, resume, request.overwrite) if main_process else "fresh"
+              for d, resume in zip(run_dirs, resumes, strict=True)]  # fmt: skip
+    variants = [Variant(*v) for v in zip(names, recipes, run_dirs, resumes, starts, strict=True)]
+    return Plan(request, variants, sweep_dir, devices)
+
+
+def variant_names(request: Request) -> list[str]:
+    """The ablations the request trains, "" standing for the base recipe (which a sweep trains first)."""
+    if request.all_ablations:
+        return ["", *ablation_names(request.recipe)]
+    if not request.chosen:
+        return [request.ablation]
+    names = ["", *dict.fromkeys(name.strip() for name in request.chosen.split(",") if name.strip())]
+    if len(names) == 1:
+        raise UsageError(f"--ablations {request.chosen!r} names no ablation; give A,B,... or use --all-ablations")
+    return names
+
+
+def run_plan(plan: Plan, registries: Registries, console: Console, show_progress: bool = True) -> Outcome:
+    """Train the plan's variants, side by side where it has parallel slots, and write a sweep's results table
+    unless a signal stopped it. ``console`` hears of each variant's start and end."""
+    if plan.devices:
+        outcome = run_parallel(plan, console)
+    else:
+        outcome = run_in_process(plan.variants, registries, console, show_progress)
+    if plan.sweep_dir is not None and not outcome.interrupted and is_main_process():
+        title = f"{plan.variants[0].recipe.name}: base and ablations"
+        outcome.written = write_results(outcome.rows, plan.sweep_dir, title)
+    return outcome
+
+
+def run_in_process(variants: list[Variant], registries: Registries, console: Console, show_progress: bool) -> Outcome:
+    """Train ``variants`` one after another in this process (under torchrun, in every process together); a
+    signal ends the plan with the variant it stopped. A variant that fails before its first checkpoint puts back
+    the run its --overwrite had set aside."""
+    outcome = Outcome()
+    for variant in variants:
+        recipe = variant.recipe
+        label = recipe.name + (f" [{recipe.ablation}]" if recipe.ablation else "")
+        console.print(f"[bold]unitkit run[/] {escape(label)} → {escape(str(variant.run_dir))}", highlight=False)
+        try:
+            result = train(recipe, registries, variant.run_dir, resume=variant.resume, start=variant.start,
+                           console=console, show_progress=show_progress)  # fmt: skip
+        except BaseException:
+            if is_main_process() and rundir.restore(variant.run_dir):
+                console.print(f"the run that was in {variant.run_dir} is put back", highlight=False)
+            raise
+        if result.interrupted:
+            outcome.interrupted, outcome.stopped = result.interrupted, result
+            return outcome
+        done = f"{result.step:,} iterations in {result.seconds:.0f} s; open {variant.run_dir / 'index.html'}"
+        console.print(f"[green]done[/] {done}", highlight=False)
+        if is_main_process():  # rank 0 alone wrote evaluation.json
+            outcome.rows.append(result_row(variant.label, variant.run_dir))
+    return outcome
 
 
 def job_devices(device: str, jobs: int, cuda_count: int) -> list[str]:
@@ -39,38 +209,15 @@ def job_devices(device: str, jobs: int, cuda_count: int) -> list[str]:
     return [f"cuda:{k % cuda_count}" for k in range(jobs)] if open_gpu else [device] * jobs
 
 
-@dataclass
-class Variant:
-    """One variant of the sweep: its ablation name ("" for the base recipe) and its run directory."""
+def run_parallel(plan: Plan, console: Console) -> Outcome:
+    """Train the plan's variants, each in its own process, with at most ``len(plan.devices)`` at a time, slot k
+    on ``plan.devices[k]``.
 
-    ablation: str
-    run_dir: Path
-    resume: bool = False
-    #: Replace the run in ``run_dir`` (``--overwrite``); one without a checkpoint starts afresh without it.
-    overwrite: bool = False
-    process: subprocess.Popen | None = field(default=None, repr=False)
-    started: float = 0.0
-    log: Path | None = None
-
-    @property
-    def label(self) -> str:
-        return self.ablation or "base"
-
-
-def run_parallel(
-    recipe: Path,
-    overrides: tuple[str, ...],
-    variants: list[Variant],
-    devices: list[str],
-    sweep_dir: Path,
-    console: Console,
-) -> tuple[list[dict], list[str], str]:
-    """Train ``variants`` with at most ``len(devices)`` at a time, slot k on ``devices[k]``.
-
-    Returns the result rows of the finished variants (as the sequential sweep makes them), the labels of the
-    variants that failed, and the signal name ("SIGINT"/"SIGTERM") if the sweep was interrupted; an interrupt
-    reaches every running variant, which saves a checkpoint as a single run does.
+    The outcome has the result rows of the finished variants (as :func:`run_in_process` makes them), the labels
+    of the variants that failed, and the signal if the sweep was interrupted; an interrupt reaches every running
+    variant, which saves a checkpoint as a single run does.
     """
+    variants, devices, sweep_dir = plan.variants, plan.devices, plan.sweep_dir
     sweep_dir.mkdir(parents=True, exist_ok=True)  # for the variants' logs
     threads = max(1, (os.cpu_count() or 1) // len(devices))
     waiting, running, rows, failed = list(variants), {}, [], []
@@ -90,7 +237,7 @@ def run_parallel(
             free = [slot for slot in range(len(devices)) if slot not in running]
             while waiting and free and not interrupted:
                 slot, variant = free.pop(0), waiting.pop(0)
-                _start(recipe, overrides, variant, devices[slot], threads, sweep_dir)
+                _start(plan.request, variant, devices[slot], threads, sweep_dir)
                 running[slot] = variant
                 where = f"{devices[slot]} (log: {variant.log})"
                 console.print(f"started {escape(variant.label)} on {escape(where)}", highlight=False)
@@ -116,10 +263,10 @@ def run_parallel(
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     order = {v.label: i for i, v in enumerate(variants)}
-    return sorted(rows, key=lambda row: order[row["variant"]]), failed, interrupted
+    return Outcome(sorted(rows, key=lambda row: order[row["variant"]]), failed, interrupted)
 
 
-def _start(recipe: Path, overrides: tuple[str, ...], variant: Variant, device: str, threads: int, sweep_dir: Path):
+def _start(request: Request, variant: Variant, device: str, threads: int, sweep_dir: Path) -> None:
     env = dict(os.environ)
     if device.startswith("cuda:"):
         # The child sees its GPU alone, so nothing it does touches GPU 0 (CUDA's default device).
@@ -129,11 +276,12 @@ def _start(recipe: Path, overrides: tuple[str, ...], variant: Variant, device: s
         device = "cuda"
     elif device != "cuda":  # on CPU the slots share the cores instead of each starting a thread per core
         env["OMP_NUM_THREADS"] = str(threads)
-    command = [sys.executable, "-m", "unitkit", "run", str(recipe), "--out", str(variant.run_dir), "--quiet"]
-    command += [arg for override in overrides for arg in ("--set", override)]
+    command = [sys.executable, "-m", "unitkit", "run", str(request.recipe), "--out", str(variant.run_dir), "--quiet"]
+    command += [arg for override in request.overrides for arg in ("--set", override)]
     command += ["--set", f"train.device={device}"]
     command += ["--ablation", variant.ablation] if variant.ablation else []
-    command += ["--resume"] if variant.resume else ["--overwrite"] if variant.overwrite else []
+    # A variant an interrupt caught before its first checkpoint starts afresh in its directory without --overwrite.
+    command += ["--resume"] if variant.resume else ["--overwrite"] if variant.start == "replace" else []
     variant.log = sweep_dir / f"{variant.label}.log"
     with variant.log.open("a" if variant.resume else "w", encoding="utf-8") as log:  # a resumed variant adds
         variant.process = subprocess.Popen(

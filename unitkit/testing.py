@@ -225,21 +225,23 @@ def check_logger(entry: Entry) -> None:
         logger.close()
 
 
+#: The contract check of each kind of component (:data:`unitkit.registry.KINDS`), by registry name.
+CONTRACT_CHECKS: dict[str, Callable[[Entry, Registries], None]] = {
+    "datasets": check_dataset,
+    "encoders": lambda entry, _: check_encoder(entry),
+    "generators": check_generator,
+    "discriminators": lambda entry, _: check_discriminator(entry),
+    "sharing_strategies": check_sharing_strategy,
+    "gan_losses": lambda entry, _: check_gan_loss(entry),
+    "reconstruction_losses": lambda entry, _: check_reconstruction_loss(entry),
+    "loggers": lambda entry, _: check_logger(entry),
+}
+
+
 def check_component(case: ContractCase, registries: Registries | None = None) -> None:
     """Run the contract checks for one registered component."""
     registries = registries or load_plugins().registries
-    entry = registries[case.registry].get(case.name)
-    checks = {
-        "encoders": lambda: check_encoder(entry),
-        "generators": lambda: check_generator(entry, registries),
-        "discriminators": lambda: check_discriminator(entry),
-        "gan_losses": lambda: check_gan_loss(entry),
-        "reconstruction_losses": lambda: check_reconstruction_loss(entry),
-        "sharing_strategies": lambda: check_sharing_strategy(entry, registries),
-        "datasets": lambda: check_dataset(entry, registries),
-        "loggers": lambda: check_logger(entry),
-    }
-    checks[case.registry]()
+    CONTRACT_CHECKS[case.registry](registries[case.registry].get(case.name), registries)
 
 
 def contract_tests(plugin: str | None = None) -> Callable[[ContractCase], None]:

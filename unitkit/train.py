@@ -1,8 +1,12 @@
 """Training a UNIT model, top to bottom.
 
-One iteration: encode both domains, reconstruct and translate (once), update the discriminators on the
-detached translations, then update encoders and generators against the freshly updated discriminators.
-The generator forward pass is shared by both updates: the authors' code recomputes it for the discriminator.
+One iteration (:class:`UnitStep`, with the losses in :mod:`unitkit.objective`): encode both domains, reconstruct
+and translate (once), update the discriminators on the detached translations, then update encoders and
+generators against the freshly updated discriminators. The generator forward pass is shared by both updates: the
+authors' code recomputes it for the discriminator.
+
+:func:`train` is the loop: :func:`start_run` builds a :class:`Run`, the loop calls its step and then, by name, its
+periodic actions (log, checkpoint, evaluate, sample), and :func:`finish_run` ends the run however the loop ended.
 
 The same loop runs on one CPU, one GPU (mixed precision, channels_last, torch.compile as recipe switches) or
 many processes under torchrun (DistributedDataParallel; see unitkit.distributed).
@@ -17,7 +21,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from unitkit import checkpoint as ckpt
 from unitkit import distributed, rundir
-from unitkit.components import GANLoss
+from unitkit.components import DomainData, GANLoss, Logger
 from unitkit.data import build_data, endless_images, first_images
 from unitkit.errors import CheckpointError, TrainingError, UsageError
 from unitkit.evaluate import best_logged, evaluate_run, fid_kid_if_asked
@@ -45,9 +49,11 @@ from unitkit.report import RunStatus, plot_losses, sample_grid, write_index
 
 @dataclass
 class RunResult:
+    """Where :func:`train` left the run: its last iteration and checkpoint, and whether a signal stopped it."""
+
     run_dir: Path
     step: int
-    checkpoint: Path
+    checkpoint: Path  # the one saved last
     seconds: float  # this process's wall time
     interrupted: str = ""  # "SIGINT" or "SIGTERM" when a signal stopped the run early
     skipped_updates: int = 0
@@ -370,30 +376,70 @@ def train(
     it is done only once the data, networks and device are known to work. Under torchrun every process calls
     this; rank 0 alone writes the run directory.
     """
-    console = console or Console()
+    run = start_run(recipe, registries, Path(run_dir), resume, start, console or Console(), show_progress)
+    cfg, unit = recipe.train, run.unit
+    stopped_by, write_error = "", None
+    with ExitStack() as cleanup:
+        cleanup.callback(distributed.stop)
+        for logger in run.loggers:
+            cleanup.callback(logger.close)
+        signals = cleanup.enter_context(stop_requests())
+        if run.progress:
+            cleanup.enter_context(run.progress)
+        with page_on_failure(run):
+            while run.step < cfg.iterations and not (stopped_by := unit.votes.stop(signals)):
+                with out_of_memory_advice(cfg.batch_size, run.data.image_size, unit.device):
+                    (x_a, labels_a), (x_b, _) = next(run.stream_a), next(run.stream_b)
+                    terms, terms_d, skipped = unit(x_a, x_b, labels_a)
+                run.skipped_updates += skipped
+                run.step += 1
+
+                # Reading a loss synchronises with the device, so it happens only at log steps.
+                if run.step % cfg.log_every == 0 or run.step % cfg.checkpoint_every == 0 or run.step == cfg.iterations:
+                    run.log(terms, terms_d)
+                elif run.progress:
+                    run.progress.update(run.task, completed=run.step)
+                if run.step % cfg.checkpoint_every == 0:
+                    run.checkpoint()
+                if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.iterations:
+                    run.evaluate()  # the last iteration's is the final evaluation, after the loop
+                if run.step % cfg.sample_every == 0:  # after the evaluation, which the loss plot then shows
+                    write_error = run.sample()
+                    if not unit.votes.everywhere(write_error is None):
+                        break
+        if run.start_step < run.step < cfg.iterations:  # stopped between log steps: the weights to save are unchecked
+            run.losses(terms, terms_d)
+        return finish_run(run, signals, stopped_by, write_error)
+
+
+def start_run(
+    recipe: Recipe,
+    registries: Registries,
+    run_dir: Path,
+    resume: bool,
+    start: rundir.Start,
+    console: Console,
+    show_progress: bool,
+) -> Run:
+    """Everything before the first iteration: the checks that fail fast, the data, the networks, the resumed
+    state, the run directory (claimed only once all of these worked), the data streams and the loggers."""
     cfg = recipe.train
     shard, device = distributed.start(resolve_device(cfg.device))
     if cfg.batch_size % shard.world:
         raise TrainingError(f"train.batch_size = {cfg.batch_size} must be divisible by the {shard.world} processes")
-    run_dir = Path(run_dir)
     if recipe.evaluate.fid:
         find_inception(recipe.evaluate.inception or None)  # fail now, not after hours of training
     seed_everything(cfg.seed)
     torch.use_deterministic_algorithms(cfg.deterministic)
 
-    # Data, networks, losses, optimisers.
     data = build_data(recipe, registries)
     head_classes = data.num_classes if recipe.objective.classify else 0
     if recipe.objective.classify and not head_classes:
         raise TrainingError(
             f"objective.classify needs labelled data; [data] kind = {recipe.data.kind!r} has no classes"
         )
-    data_info = {"channels": list(data.channels), "image_size": data.image_size, "num_classes": data.num_classes,
-                 "paired_test": data.paired_test, "head_classes": head_classes}  # fmt: skip
     unit = build_step(recipe, registries, data.channels, data.image_size, device, shard, head_classes)
-    model, optimizers, schedulers, scalers = unit.model, unit.optimizers, unit.schedulers, unit.scalers
-    checkpoints = run_dir / "checkpoints"
-    state = resumed_checkpoint(checkpoints, recipe) if resume else None
+    state = resumed_checkpoint(run_dir / "checkpoints", recipe) if resume else None
     if shard.is_main:  # only now: a recipe that cannot build or resume leaves the run directory as it was
         if slow := emulated_precision(unit.dtype, device):
             console.print(f"[yellow]warning:[/] {escape(slow)}")
@@ -402,16 +448,9 @@ def train(
             console.print(f"replacing the run in {run_dir}; the old one stays in {run_dir / rundir.PREVIOUS} until "
                           "this run's first checkpoint, and comes back if this run fails before it")  # fmt: skip
         (run_dir / "recipe.toml").write_text(recipe.to_toml(), encoding="utf-8")
-
-    step, earlier_seconds = 0, 0.0  # training time before this process; None when an old checkpoint lacks it
+    step, earlier_seconds = 0, 0.0
     if state:
-        ckpt.load_model_state(model, state.model_state, state.path)
-        for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(state.optimizers[name])
-            schedulers[name].load_state_dict(state.schedulers[name])
-            if state.scalers.get(name):
-                scalers[name].load_state_dict(state.scalers[name])
-        ckpt.restore_rng(state.rng["tensors"], state.rng["meta"], device)
+        load_training_state(unit, state)
         step, earlier_seconds = state.step, state.seconds
         if shard.is_main:
             console.print(f"resumed from {state.path} at iteration {step:,}")
@@ -428,156 +467,221 @@ def train(
     )
     for logger in loggers:  # a resumed run redoes what came after its checkpoint; a fresh one starts empty
         logger.rewind(step)
+    data_info = {"channels": list(data.channels), "image_size": data.image_size, "num_classes": data.num_classes,
+                 "paired_test": data.paired_test, "head_classes": head_classes}  # fmt: skip
+    progress = _progress(console) if show_progress and shard.is_main else None
+    task = progress.add_task(recipe.name, total=cfg.iterations, completed=step, speed="", losses="") if progress else 0
+    unit.model.train()
+    return Run(recipe, run_dir, unit, data, data_info, shard, stream_a, stream_b, fixed_a, fixed_b, loggers, console,
+               progress, task, step, earlier_seconds)  # fmt: skip
 
-    def save() -> Path:
-        path = ckpt.checkpoint_path(checkpoints, step)
-        if shard.is_main:
-            ckpt.save_checkpoint(checkpoints, step, model, optimizers, schedulers, scalers, recipe.to_toml(), data_info,
-                                 device, cfg.keep_checkpoints, seconds=run_seconds())  # fmt: skip
-            rundir.discard_previous(run_dir)
+
+def load_training_state(unit: UnitStep, state: ckpt.Checkpoint) -> None:
+    """Continue from ``state``: the weights, the optimisers', schedulers' and loss scalers' states, the RNGs."""
+    ckpt.load_model_state(unit.model, state.model_state, state.path)
+    for name, optimizer in unit.optimizers.items():
+        optimizer.load_state_dict(state.optimizers[name])
+        unit.schedulers[name].load_state_dict(state.schedulers[name])
+        if state.scalers[name]:  # empty when saved disabled (bf16, fp32): an fp16 resume starts a fresh scale
+            unit.scalers[name].load_state_dict(state.scalers[name])
+    ckpt.restore_rng(state.rng["tensors"], state.rng["meta"], unit.device)
+
+
+@dataclass
+class Run:
+    """A run as its loop sees it: the step it trains, its data, where its records go, and its counters.
+
+    Built by :func:`start_run`; its methods are the loop's periodic actions. Under torchrun every process has
+    one, and only rank 0's writes anything.
+    """
+
+    recipe: Recipe
+    run_dir: Path
+    unit: UnitStep
+    data: DomainData
+    data_info: dict[str, object]  # stored in each checkpoint: what the networks were built for
+    shard: distributed.Shard
+    stream_a: Iterator[tuple[torch.Tensor, torch.Tensor]]  # endless training batches (images, labels)
+    stream_b: Iterator[tuple[torch.Tensor, torch.Tensor]]
+    fixed_a: torch.Tensor  # the test images every sample grid translates
+    fixed_b: torch.Tensor
+    loggers: list[Logger]
+    console: Console
+    progress: Progress | LineProgress | None
+    task: int  # the progress bar's task
+    step: int
+    earlier_seconds: float | None  # training time before this process; None when its checkpoint lacks it
+    skipped_updates: int = 0
+    loop_seconds: float | None = None  # the loop's wall time once it ended, for the page's seconds per iteration
+    start_step: int = field(init=False)  # where this process began
+    started: float = field(init=False)  # and when (perf_counter)
+
+    def __post_init__(self) -> None:
+        self.start_step, self.started = self.step, time.perf_counter()
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where the run's checkpoints are."""
+        return self.run_dir / "checkpoints"
+
+    def seconds(self) -> float | None:
+        """Training wall seconds over the run and its resumptions; None when a resumed checkpoint lacks them."""
+        return None if self.earlier_seconds is None else self.earlier_seconds + time.perf_counter() - self.started
+
+    def losses(self, terms: dict[str, torch.Tensor], terms_d: dict[str, torch.Tensor]) -> dict[str, float]:
+        """This iteration's losses as floats; a non-finite one stops the run (see :func:`losses_as_floats`)."""
+        policy = self.recipe.train.on_nonfinite
+        return losses_as_floats(terms, terms_d, self.step, policy, self.unit.votes, self.checkpoint_dir)
+
+    def log(self, terms: dict[str, torch.Tensor], terms_d: dict[str, torch.Tensor]) -> None:
+        """Log the losses, learning rate and skipped updates, and show the losses beside the progress bar."""
+        scalars = self.losses(terms, terms_d)
+        scalars["lr"] = self.unit.optimizers["generator"].param_groups[0]["lr"]
+        scalars["skipped_updates"] = self.skipped_updates
+        for logger in self.loggers:
+            logger.log_scalars(self.step, scalars)
+        if self.progress:
+            rate = (self.step - self.start_step) / (time.perf_counter() - self.started)
+            shown = " ".join(f"{k}={v:.3g}" for k, v in scalars.items() if k.startswith(("G/", "D/")))
+            self.progress.update(self.task, completed=self.step, speed=f"{rate:.2f} it/s", losses=shown)
+
+    def checkpoint(self) -> Path:
+        """Save this iteration's checkpoint (rank 0); the first one discards the run an --overwrite set aside."""
+        path = ckpt.checkpoint_path(self.checkpoint_dir, self.step)
+        if self.shard.is_main:
+            unit, keep = self.unit, self.recipe.train.keep_checkpoints
+            ckpt.save_checkpoint(self.checkpoint_dir, self.step, unit.model, unit.optimizers, unit.schedulers,
+                                 unit.scalers, self.recipe.to_toml(), self.data_info, unit.device, keep,
+                                 seconds=self.seconds())  # fmt: skip
+            rundir.discard_previous(self.run_dir)
         return path
 
-    def samples(state: str = "running") -> OSError | None:
+    def evaluate(self) -> None:
+        """Evaluate on the test sets and log the metrics (rank 0)."""
+        if self.shard.is_main:
+            self.log_evaluation(self.measure())
+
+    def sample(self, state: str = "running") -> OSError | None:
         """A sample grid, the loss plot and the page (rank 0). A write error (a full disk) is returned, not
         raised: the run then stops with its weights saved rather than losing the iterations since the last
         checkpoint."""
-        if not shard.is_main:
+        if not self.shard.is_main:
             return None
         try:
-            with rng_set_aside(device):
-                path = sample_grid(model, fixed_a, fixed_b, run_dir / "samples" / f"step_{step:09d}.png")
-            for logger in loggers:
-                logger.log_image(step, "samples", str(path))
-            plot_losses(run_dir / "log.jsonl", run_dir / "losses.png")
-            page(state)
+            with rng_set_aside(self.unit.device):
+                grid = self.run_dir / "samples" / f"step_{self.step:09d}.png"
+                path = sample_grid(self.unit.model, self.fixed_a, self.fixed_b, grid)
+            for logger in self.loggers:
+                logger.log_image(self.step, "samples", str(path))
+            plot_losses(self.run_dir / "log.jsonl", self.run_dir / "losses.png")
+            self.page(state)
         except OSError as exc:
             return exc
         return None
 
-    def page(state: str, note: str = "") -> None:  # index.html, for rank 0 to call
-        done, seconds = step - start_step, loop_seconds or time.perf_counter() - started
-        precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(unit.dtype, "fp32")
-        where = f"{device} × {shard.world} processes" if shard.world > 1 else str(device)
-        write_index(run_dir, recipe.name, RunStatus(state, step, cfg.iterations, seconds / done if done else None,
-                                                    run_seconds(), where, precision, note))  # fmt: skip
+    def page(self, state: str, note: str = "") -> None:
+        """Write index.html with the run's state, pace and device (rank 0 calls it)."""
+        done, seconds = self.step - self.start_step, self.loop_seconds or time.perf_counter() - self.started
+        precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.unit.dtype, "fp32")
+        device = self.unit.device
+        where = f"{device} × {self.shard.world} processes" if self.shard.world > 1 else str(device)
+        status = RunStatus(state, self.step, self.recipe.train.iterations, seconds / done if done else None,
+                           self.seconds(), where, precision, note)  # fmt: skip
+        write_index(self.run_dir, self.recipe.name, status)
 
-    def log_evaluation(results: dict[str, float]) -> dict[str, float]:
-        for logger in loggers if results else []:
-            logger.log_scalars(step, {f"eval/{k}": v for k, v in results.items()})
-        return results
+    def measure(self) -> dict[str, float]:
+        """The recipe's metrics on the test sets, leaving training's random stream as it was."""
+        with rng_set_aside(self.unit.device):
+            return evaluate_run(self.unit.model, self.data, self.unit.device, self.run_dir / "confusion.png")
 
-    def measure() -> dict[str, float]:
-        with rng_set_aside(device):
-            return evaluate_run(model, data, device, run_dir / "confusion.png")
+    def log_evaluation(self, results: dict[str, float]) -> None:
+        """Log metrics as ``eval/NAME`` scalars of this iteration."""
+        for logger in self.loggers if results else []:
+            logger.log_scalars(self.step, {f"eval/{k}": v for k, v in results.items()})
 
-    def evaluate() -> dict[str, float]:
-        return log_evaluation(measure()) if shard.is_main else {}
-
-    def final_measures() -> dict[str, float]:
-        results = measure()
+    def final_evaluation(self) -> dict[str, float]:
+        """The finished run's metrics, with FID/KID where the recipe asks for them; a failed FID keeps the rest."""
+        results = self.measure()
         try:
-            distances = fid_kid_if_asked(model, data, device, recipe, show_progress=show_progress)
+            distances = fid_kid_if_asked(self.unit.model, self.data, self.unit.device, self.recipe,
+                                         show_progress=self.progress is not None)  # fmt: skip
         except (MetricsError, RuntimeError) as exc:  # a broken network file, or out of memory: keep the rest
-            console.print(f"[yellow]FID/KID failed:[/] {escape(str(exc))}; the other metrics are kept")
+            self.console.print(f"[yellow]FID/KID failed:[/] {escape(str(exc))}; the other metrics are kept")
             distances = {}
         return results | distances
 
-    def run_seconds() -> float | None:
-        return None if earlier_seconds is None else earlier_seconds + time.perf_counter() - started
+    def write_evaluation(self, results: dict[str, float]) -> None:
+        """Log the final metrics and write them, with the best of the periodic evaluations, to evaluation.json.
 
-    start_step, started = step, time.perf_counter()
-    loop_seconds = None  # the training loop's wall time once it ended, for the page's seconds per iteration
-    progress = _progress(console) if show_progress and shard.is_main else None
-    task = progress.add_task(recipe.name, total=cfg.iterations, completed=step, speed="", losses="") if progress else 0
-    stopped_by, skipped_updates, write_error = "", 0, None
-    model.train()
-    with ExitStack() as cleanup:
-        cleanup.callback(distributed.stop)
-        for logger in loggers:
-            cleanup.callback(logger.close)
-        stop = cleanup.enter_context(stop_requests())
-        if progress:
-            cleanup.enter_context(progress)
-        try:
-            while step < cfg.iterations and not (stopped_by := unit.votes.stop(stop)):
-                with out_of_memory_advice(cfg.batch_size, data.image_size, device):
-                    (x_a, labels_a), (x_b, _) = next(stream_a), next(stream_b)
-                    terms, terms_d, skipped = unit(x_a, x_b, labels_a)
-                skipped_updates += skipped
-                step += 1
+        Logged only now, complete: a resumed run redoes an interrupted evaluation, and its first half must not
+        stay in the log beside the redone one."""
+        if not results:
+            return
+        self.log_evaluation(results)
+        if self.recipe.train.eval_every:
+            results |= best_logged(self.run_dir / "log.jsonl")
+        (self.run_dir / "evaluation.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
 
-                # Bookkeeping. Reading a loss synchronises with the device, so it happens only at log steps.
-                if step % cfg.log_every == 0 or step == cfg.iterations or step % cfg.checkpoint_every == 0:
-                    scalars = losses_as_floats(terms, terms_d, step, cfg.on_nonfinite, unit.votes, checkpoints)
-                    scalars["lr"] = optimizers["generator"].param_groups[0]["lr"]
-                    scalars["skipped_updates"] = skipped_updates
-                    for logger in loggers:
-                        logger.log_scalars(step, scalars)
-                    if progress:
-                        rate = (step - start_step) / (time.perf_counter() - started)
-                        shown = " ".join(f"{k}={v:.3g}" for k, v in scalars.items() if k.startswith(("G/", "D/")))
-                        progress.update(task, completed=step, speed=f"{rate:.2f} it/s", losses=shown)
-                elif progress:
-                    progress.update(task, completed=step)
-                if step % cfg.checkpoint_every == 0:
-                    save()
-                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.iterations:  # the end evaluates anyway
-                    evaluate()
-                if step % cfg.sample_every == 0:  # after the evaluation, which the loss plot then shows
-                    write_error = samples()
-                    if not unit.votes.everywhere(write_error is None):
-                        break
-        except KeyboardInterrupt:  # a second Ctrl-C: it may have landed mid-update, so nothing is saved
-            if shard.is_main:
-                kept = ckpt.list_checkpoints(checkpoints)
-                console.print(f"[yellow]left at once[/]; the newest checkpoint is {kept[-1] if kept else 'none'}")
-                with suppress(Exception):  # the page must not turn the exit into another error
-                    page("stopped", "left at once (a second Ctrl-C); the newest checkpoint is kept")
-            raise
-        except Exception as exc:
-            if shard.is_main:
-                with suppress(Exception):  # the page must not hide the error (one raised here would replace it)
-                    page("failed", str(exc))
-            raise
-        loop_seconds = time.perf_counter() - started
-        if start_step < step < cfg.iterations:  # stopped between log steps: the weights to save are unchecked
-            losses_as_floats(terms, terms_d, step, cfg.on_nonfinite, unit.votes, checkpoints)
-        path = save()
-        write_error = write_error or samples("stopped" if stopped_by else "evaluating")
-        unit.votes.barrier()
-        if write_error:
-            raise TrainingError(
-                f"cannot write {write_error.filename or run_dir} ({write_error.strerror or write_error}); the run "
-                f"stopped at iteration {step:,} and saved {path}: make room, then continue it with --resume"
-            )
-        unreadable = sum(getattr(d, "skipped", 0) for d in (data.train_a, data.train_b))
-        if unreadable and shard.is_main:
-            console.print(f"[yellow]skipped {unreadable} unreadable image file(s)[/] (data.bad_files = 'skip')")
-            for logger in loggers:
-                logger.log_scalars(step, {"data/skipped_files": unreadable})
+
+@contextmanager
+def page_on_failure(run: Run) -> Iterator[None]:
+    """An error, or a second Ctrl-C, that leaves the loop still gets the page's header saying so (rank 0)."""
+    try:
+        yield
+    except KeyboardInterrupt:  # a second Ctrl-C: it may have landed mid-update, so nothing is saved
+        if run.shard.is_main:
+            kept = ckpt.list_checkpoints(run.checkpoint_dir)
+            run.console.print(f"[yellow]left at once[/]; the newest checkpoint is {kept[-1] if kept else 'none'}")
+            with suppress(Exception):  # the page must not turn the exit into another error
+                run.page("stopped", "left at once (a second Ctrl-C); the newest checkpoint is kept")
+        raise
+    except Exception as exc:
+        if run.shard.is_main:
+            with suppress(Exception):  # the page must not hide the error (one raised here would replace it)
+                run.page("failed", str(exc))
+        raise
+
+
+def finish_run(run: Run, signals: list[str], stopped_by: str, write_error: OSError | None) -> RunResult:
+    """The end of a run, however its loop ended: the last checkpoint, samples and page, then the final
+    evaluation unless a signal stopped the run. Every process calls it; rank 0 alone writes.
+
+    ``signals`` are the ones this process received, ``stopped_by`` the one that stopped the loop in any process,
+    ``write_error`` a failed write of samples that stopped it.
+    """
+    run.loop_seconds = time.perf_counter() - run.started
+    path = run.checkpoint()
+    write_error = write_error or run.sample("stopped" if stopped_by else "evaluating")
+    run.unit.votes.barrier()
+    if write_error:
+        raise TrainingError(
+            f"cannot write {write_error.filename or run.run_dir} ({write_error.strerror or write_error}); the run "
+            f"stopped at iteration {run.step:,} and saved {path}: make room, then continue it with --resume"
+        )
+    interrupted = stopped_by
+    if run.shard.is_main:
+        unreadable = sum(getattr(d, "skipped", 0) for d in (run.data.train_a, run.data.train_b))
+        if unreadable:
+            run.console.print(f"[yellow]skipped {unreadable} unreadable image file(s)[/] (data.bad_files = 'skip')")
+            for logger in run.loggers:
+                logger.log_scalars(run.step, {"data/skipped_files": unreadable})
         # A signal to any process in the loop, or to rank 0 in the final save, leaves the evaluation to the
         # resumed run.
-        interrupted = stopped_by or (stop[0] if stop and shard.is_main else "")
-        if not interrupted and shard.is_main:
+        interrupted = stopped_by or next(iter(signals), "")
+        if not interrupted:
             # The last checkpoint is saved, so a signal abandons the evaluation (FID can take minutes) at once
             # instead of being noticed after it; the resumed run evaluates again.
             with stop_requests(at_once=True) as stop_now, suppress(KeyboardInterrupt):
-                results = {} if stop else final_measures()
-            # Read the records, not the exception: it can be lost in a __del__, and a signal can land in `stop`
-            # between the loop's last check and the evaluation's handlers.
-            interrupted = next(iter(stop + stop_now), "")
-        if not interrupted and shard.is_main:
-            if results:
-                # Logged only now, complete: a resumed run redoes an interrupted evaluation, and its first half
-                # must not stay in the log beside the redone one.
-                log_evaluation(results)
-                if cfg.eval_every:
-                    results |= best_logged(run_dir / "log.jsonl")
-                (run_dir / "evaluation.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
-            page("finished")
-        elif shard.is_main:
-            page("stopped", f"stopped by {interrupted}; continue it with --resume")
-    return RunResult(run_dir, step, path, time.perf_counter() - started, interrupted, skipped_updates)
+                results = {} if signals else run.final_evaluation()
+            # Read the records, not the exception: it can be lost in a __del__, and a signal can land in
+            # `signals` between the loop's last check and the evaluation's handlers.
+            interrupted = next(iter(signals + stop_now), "")
+        if interrupted:
+            run.page("stopped", f"stopped by {interrupted}; continue it with --resume")
+        else:
+            run.write_evaluation(results)
+            run.page("finished")
+    return RunResult(run.run_dir, run.step, path, time.perf_counter() - run.started, interrupted, run.skipped_updates)
 
 
 def resumed_checkpoint(checkpoints: Path, recipe: Recipe) -> ckpt.Checkpoint:
