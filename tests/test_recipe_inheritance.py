@@ -113,6 +113,12 @@ def test_a_paper_symbol_replaces_the_setting_it_stands_for(chain, registries, tm
     assert load_recipe(child, registries).origins["objective.gan"] == str(child)
 
 
+def test_an_empty_table_in_a_child_keeps_its_base_values(chain, registries, tmp_path):
+    # A bare [train] header (with only comments under it, say) must not reset the base's whole table.
+    child = write(tmp_path / "bare.toml", 'base = "a.toml"\n[train]\n# nothing changes here yet\n')
+    assert load_recipe(child, registries).train == load_recipe(chain[0], registries).train
+
+
 def test_a_cycle_of_bases_is_an_error_naming_the_chain(tmp_path, registries):
     a = write(tmp_path / "a.toml", 'base = "b.toml"\n')
     b = write(tmp_path / "b.toml", 'base = "a.toml"\n')

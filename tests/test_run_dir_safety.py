@@ -169,3 +169,50 @@ def test_an_unexpected_error_is_a_bug_report_with_its_traceback_in_the_run_dir(t
 def test_contradicting_options_are_usage_errors(tiny_recipe, tmp_path, args):
     result = invoke("run", tiny_recipe, "--out", tmp_path / "r", "--quiet", *args)
     assert result.exit_code == 2 and not (tmp_path / "r").exists(), result.output
+
+
+def test_a_signal_before_the_first_checkpoint_of_an_overwrite_puts_the_old_run_back(
+    tiny_recipe, finished_run, monkeypatch
+):
+    import unitkit.distributed
+
+    monkeypatch.setattr(unitkit.distributed.Votes, "stop", lambda self, received: "SIGINT")  # Ctrl-C at once
+    before = snapshot(finished_run)
+    result = invoke("run", tiny_recipe, "--out", finished_run, "--quiet", "--overwrite", "--set", "train.seed=5")
+    assert result.exit_code == 130 and "nothing of it is kept" in result.output, result.output
+    assert snapshot(finished_run) == before
+
+
+def test_a_run_directory_in_use_by_another_process_is_left_alone(finished_run, tiny_recipe):
+    import fcntl
+
+    before = snapshot(finished_run)
+    with (finished_run / rundir.MARKER).open("a") as other_process:
+        fcntl.flock(other_process, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for extra in (["--overwrite"], ["--resume", "--set", "train.iterations=6"]):
+            result = invoke("run", tiny_recipe, "--out", finished_run, "--quiet", *extra)
+            assert result.exit_code == 2 and "in use by another unitkit process" in result.output, result.output
+    assert snapshot(finished_run) == before
+    assert invoke("run", tiny_recipe, "--out", finished_run, "--quiet", "--resume", "--set",
+                  "train.iterations=6").exit_code == 0  # fmt: skip
+
+
+def test_an_ablation_named_like_the_base_variant_is_refused_in_a_sweep(tiny_recipe, tmp_path):
+    recipe = tmp_path / "base-clash.toml"
+    recipe.write_text(TINY_RECIPE + '[ablations.base]\n"train.seed" = 1\n', encoding="utf-8")
+    result = invoke("run", recipe, "--out", tmp_path / "sweep", "--quiet", "--all-ablations")
+    assert result.exit_code == 2 and "'base'" in result.output and not (tmp_path / "sweep").exists(), result.output
+
+
+def test_a_checkpoint_missing_metadata_of_this_format_is_one_line(finished_run, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    newest = list_checkpoints(finished_run / "checkpoints")[-1]
+    with safe_open(newest, framework="pt") as file:
+        metadata = file.metadata()
+    del metadata["scalers"]  # as a development version before 0.1.0 wrote them
+    older = tmp_path / newest.name
+    save_file(load_file(newest), older, metadata=metadata)
+    result = invoke("evaluate", older, "--device", "cpu", "--output", tmp_path / "e.json")
+    assert result.exit_code == 1 and "lacks scalers" in result.output, result.output

@@ -27,6 +27,8 @@ from unitkit.errors import CheckpointError
 
 FORMAT = "unitkit-checkpoint/1"
 _NAME = re.compile(r"^step_(\d+)\.safetensors$")
+#: Metadata every checkpoint of this format holds.
+_REQUIRED = ("step", "recipe", "data", "rng", "schedulers", "scalers")
 _MAX_HEADER = 100_000_000  # safetensors' own limit; a garbage length must not allocate gigabytes
 
 
@@ -206,6 +208,11 @@ def read_checkpoint(path: Path) -> Checkpoint:
         tensors = load_bytes(raw)
     except (SafetensorError, ValueError, OverflowError) as exc:
         raise _unreadable(path, exc) from None
+    if missing := [key for key in _REQUIRED if key not in metadata]:
+        raise CheckpointError(
+            f"{path} lacks {', '.join(missing)}: it was written by a development version of unitkit before 0.1.0; "
+            "read it with that version"
+        )
     optimizers = {
         key.split("/", 1)[1]: _optimizer_state(key, tensors, value)
         for key, value in metadata.items()

@@ -227,6 +227,7 @@ def _table_width(table: Table) -> int:
 
 @main.command("list-plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print the listing as a JSON list, for scripts.")
+@friendly_errors
 def list_plugins(as_json: bool) -> None:
     """List every registered component, the package (and version) that provided it, and failed plugins.
 

@@ -20,6 +20,15 @@ class TrainingError(UnitkitError):
     """A run that cannot go on: a non-finite loss, out of memory, an unusable device."""
 
 
+class StoppedBeforeCheckpoint(UnitkitError):
+    """A signal that stopped a run replacing an older one (``--overwrite``) before its first checkpoint: nothing of
+    the new run is kept, and the old one is put back."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(f"stopped by {signal_name} before this run's first checkpoint; nothing of it is kept")
+        self.exit_code = 130 if signal_name == "SIGINT" else 143
+
+
 class DataError(TrainingError):
     """A dataset that cannot be built or read."""
 

@@ -24,7 +24,7 @@ from unitkit import hookspecs
 from unitkit.hookspecs import HOOK_VERSION, PROJECT
 from unitkit.registry import KINDS, Clash, Provider, Registries
 
-#: Set to 1 to load only unitkit's own built-in components (third-party entry points are ignored).
+#: Set to 1 to ignore installed third-party plugins (entry points); modules named in UNITKIT_PLUGINS still load.
 DISABLE_AUTOLOAD_ENV = "UNITKIT_DISABLE_PLUGIN_AUTOLOAD"
 #: Modules to import as plugins without packaging them, comma-separated (``UNITKIT_PLUGINS=my_backbones``).
 PLUGINS_ENV = "UNITKIT_PLUGINS"

@@ -573,7 +573,9 @@ class _Layer(NamedTuple):
 
 def _layer(origin: str, table: dict[str, Any]) -> _Layer:
     """``table`` (nested tables or dotted keys) as a layer of dotted keys, each spelled as the resolved recipe does."""
-    return _Layer(origin, {_SPELLINGS.get(key, key): value for key, value in _flatten(table).items()})
+    # An empty table (a bare [train] header) sets nothing: as a value it would replace the base's whole table.
+    changes = {_SPELLINGS.get(key, key): value for key, value in _flatten(table).items() if value != {}}
+    return _Layer(origin, changes)
 
 
 def _base_path(path: Path, base: Any, chain: tuple[Path, ...]) -> Path:

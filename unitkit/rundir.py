@@ -13,7 +13,12 @@ import json
 import shutil
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: run directories are not locked
+    fcntl = None
 
 from unitkit.checkpoint import list_checkpoints
 from unitkit.errors import UsageError
@@ -24,9 +29,53 @@ MARKER = ".unitkit-run"
 PREVIOUS = ".previous-run"
 #: How a run starts in its directory (see :func:`check_start`).
 Start = Literal["fresh", "restart", "replace"]
-#: Everything unitkit writes in a run directory; ``--overwrite`` clears these and nothing else.
-OWNED = (MARKER, "recipe.toml", "log.jsonl", "checkpoints", "samples", "losses.png", "index.html",
+#: Everything unitkit writes in a run directory besides its marker; ``--overwrite`` clears these and nothing else.
+OWNED = ("recipe.toml", "log.jsonl", "checkpoints", "samples", "losses.png", "index.html",
          "evaluation.json", "confusion.png", "crash.log")  # fmt: skip
+
+
+#: The marker files this process holds locked, one per run directory it is training in.
+_locks: dict[Path, IO[str]] = {}
+
+
+def lock(run_dir: Path) -> None:
+    """Hold ``run_dir``'s marker locked until :func:`release`, so that no other unitkit process starts, restarts,
+    replaces or resumes the run while it trains (a resubmitted job, the same command in another terminal)."""
+    if fcntl is None:
+        return
+    handle = (run_dir / MARKER).open("a", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise _in_use(run_dir) from None
+    _locks[run_dir.resolve()] = handle
+
+
+def release(run_dir: Path) -> None:
+    """Let go of the lock :func:`lock` took (at the end of the run, however it ends)."""
+    handle = _locks.pop(run_dir.resolve(), None)
+    if handle is not None:
+        handle.close()
+
+
+def in_use(run_dir: Path) -> bool:
+    """Whether another unitkit process is training in ``run_dir``."""
+    release(run_dir)  # a lock this process still holds is from a run that has ended
+    marker = run_dir / MARKER
+    if fcntl is None or not marker.is_file():
+        return False
+    with marker.open("a", encoding="utf-8") as probe:
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(probe, fcntl.LOCK_UN)
+    return False
+
+
+def _in_use(run_dir: Path) -> UsageError:
+    return UsageError(f"{run_dir} is in use by another unitkit process; wait for it to end, or choose another --out")
 
 
 def is_run(folder: Path) -> bool:
@@ -45,6 +94,8 @@ def check_start(run_dir: Path, resume: bool, overwrite: bool) -> Start:
     run that failed or was killed before its first one), started afresh without ``--overwrite`` since there is
     nothing in it to lose. ``"replace"``: ``--overwrite`` of a run with checkpoints.
     """
+    if run_dir.is_dir() and in_use(run_dir):
+        raise _in_use(run_dir)
     if resume or not run_dir.exists():
         return "fresh"
     if not run_dir.is_dir():
@@ -70,14 +121,16 @@ def check_start(run_dir: Path, resume: bool, overwrite: bool) -> Start:
 
 
 def claim(run_dir: Path, start: Start) -> None:
-    """Make ``run_dir`` this run's, once its start-up checks passed: create it with its marker. A ``"restart"``
-    first clears what the failed run left; a ``"replace"`` moves the old run's entries aside into
-    ``.previous-run/``."""
+    """Make ``run_dir`` this run's, once its start-up checks passed: create it with its marker, locked until
+    :func:`release`. A ``"restart"`` first clears what the failed run left; a ``"replace"`` moves the old run's
+    entries aside into ``.previous-run/``."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock(run_dir)  # first: nothing is cleared or moved under a run that another process is training
     if start == "restart":
         clear(run_dir)
     elif start == "replace":
         aside = run_dir / PREVIOUS
+        remove(aside)  # left by a run killed between its first checkpoint and discarding it: already replaced
         aside.mkdir()
         for name in OWNED:
             if (run_dir / name).exists():
@@ -95,7 +148,7 @@ def restore(run_dir: Path) -> bool:
     """Put back the run an ``--overwrite`` set aside, if the new run has no checkpoint (it failed, or was killed,
     before its first): the new run's entries are deleted first. Returns whether a run was put back."""
     aside = run_dir / PREVIOUS
-    if not aside.is_dir() or has_checkpoint(run_dir):
+    if not aside.is_dir() or has_checkpoint(run_dir) or in_use(run_dir):
         return False
     for name in OWNED:
         if (aside / name).exists():

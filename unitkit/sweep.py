@@ -32,6 +32,9 @@ from unitkit.registry import Registries
 from unitkit.report import write_results
 from unitkit.train import RunResult, train
 
+#: The base recipe's name in a sweep: its folder, log and row.
+BASE_VARIANT = "base"
+
 
 @dataclass(frozen=True)
 class Request:
@@ -69,7 +72,7 @@ class Variant:
 
     @property
     def label(self) -> str:
-        return self.ablation or "base"
+        return self.ablation or BASE_VARIANT
 
 
 @dataclass
@@ -117,8 +120,12 @@ def plan_runs(request: Request, registries: Registries, console: Console) -> Pla
     names = variant_names(request)
     recipes = [load_recipe(request.recipe, registries, request.overrides, name) for name in names]
     if request.is_sweep:
+        if BASE_VARIANT in names:
+            raise UsageError(
+                f"an ablation named {BASE_VARIANT!r} would share the base recipe's folder in a sweep; rename it"
+            )
         sweep_dir = request.out or Path("runs") / f"{recipes[0].name}-ablations"
-        run_dirs = [sweep_dir / (name or "base") for name in names]
+        run_dirs = [sweep_dir / (name or BASE_VARIANT) for name in names]
     else:
         sweep_dir = None
         run_dirs = [request.out or Path("runs") / (f"{r.name}-{r.ablation}" if r.ablation else r.name) for r in recipes]

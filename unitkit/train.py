@@ -37,7 +37,7 @@ from unitkit import checkpoint as ckpt
 from unitkit import distributed, rundir
 from unitkit.components import DomainData, GANLoss, Logger
 from unitkit.data import build_data, endless_images, first_images
-from unitkit.errors import CheckpointError, TrainingError, UsageError
+from unitkit.errors import CheckpointError, StoppedBeforeCheckpoint, TrainingError, UsageError
 from unitkit.evaluate import best_logged, evaluate_run, fid_kid_if_asked
 from unitkit.fid import MetricsError, find_inception
 from unitkit.model import UNIT, build_model
@@ -381,6 +381,7 @@ def train(
     stopped_by, write_error = "", None
     with ExitStack() as cleanup:
         cleanup.callback(distributed.stop)
+        cleanup.callback(rundir.release, run.run_dir)
         for logger in run.loggers:
             cleanup.callback(logger.close)
         signals = cleanup.enter_context(stop_requests())
@@ -444,6 +445,8 @@ def start_run(
         if slow := emulated_precision(unit.dtype, device):
             console.print(f"[yellow]warning:[/] {escape(slow)}")
         rundir.claim(run_dir, start)
+        if start == "restart":
+            console.print(f"{run_dir} holds a run that stopped before its first checkpoint; starting it afresh")
         if start == "replace":
             console.print(f"replacing the run in {run_dir}; the old one stays in {run_dir / rundir.PREVIOUS} until "
                           "this run's first checkpoint, and comes back if this run fails before it")  # fmt: skip
@@ -518,6 +521,11 @@ class Run:
 
     def __post_init__(self) -> None:
         self.start_step, self.started = self.step, time.perf_counter()
+
+    @property
+    def replacing(self) -> bool:
+        """Whether this run replaces an older one that waits, set aside, for this run's first checkpoint."""
+        return self.shard.is_main and (self.run_dir / rundir.PREVIOUS).is_dir()
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -650,6 +658,9 @@ def finish_run(run: Run, signals: list[str], stopped_by: str, write_error: OSErr
     ``write_error`` a failed write of samples that stopped it.
     """
     run.loop_seconds = time.perf_counter() - run.started
+    if stopped_by and not run.unit.votes.everywhere(not run.replacing):
+        # A few iterations of a new run do not replace a run with checkpoints: the old run comes back.
+        raise StoppedBeforeCheckpoint(stopped_by)
     path = run.checkpoint()
     write_error = write_error or run.sample("stopped" if stopped_by else "evaluating")
     run.unit.votes.barrier()
