@@ -139,6 +139,7 @@ CASES = {
     # the command line itself
     "unknown-command": Case("trian {tiny}", 2, "trian"),
     "unknown-option": Case("list-plugins --colour", 2, "--colour"),
+    "unknown-main-option": Case("--verbose run {tiny}", 2, "--verbose"),
 }
 
 

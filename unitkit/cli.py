@@ -148,12 +148,25 @@ class OneLineUsageErrors(click.Group):
     """A mistyped command or option is one line, like every other error, pointing to the command's --help
     (click would print the usage block, a blank line and the error)."""
 
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:  # fmt: skip
+        """Options of ``unitkit`` itself (``unitkit --bogus``) are parsed here."""
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            _fail_usage(exc, info_name or self.name or "unitkit")
+
     def invoke(self, ctx: click.Context) -> Any:
+        """A command's arguments and options are parsed here, as it is invoked."""
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:
-            where = exc.ctx.command_path if exc.ctx else ctx.command_path
-            _fail(f"{exc.format_message()} (see '{where} --help')", exc.exit_code)
+            _fail_usage(exc, ctx.command_path)
+
+
+def _fail_usage(exc: click.UsageError, command_path: str) -> None:
+    where = exc.ctx.command_path if exc.ctx else command_path
+    _fail(f"{exc.format_message()} (see '{where} --help')", exc.exit_code)
 
 
 @click.group(cls=OneLineUsageErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
