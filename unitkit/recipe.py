@@ -27,7 +27,7 @@ from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field
 
 from unitkit.errors import UsageError
 from unitkit.plugins import BUILTIN_DISTRIBUTION
-from unitkit.registry import KIND_LABELS, KINDS, PROVIDED_ARGUMENTS, Registries
+from unitkit.registry import KIND_LABELS, KINDS, PROVIDED_ARGUMENTS, Kind, Registries
 
 #: Environment variable naming the folder of real datasets; recipes write it as ``${UNITKIT_DATA}``.
 DATA_ENV = "UNITKIT_DATA"
@@ -187,6 +187,8 @@ class RecipeSchema(BaseModel):
     )
 
 
+#: Recipe path of each component table, or array of tables (``[[loggers]]``), → its kind of component.
+TABLE_KINDS: dict[tuple[str, ...], Kind] = {kind.table: kind for kind in KINDS}
 #: Recipe path of each component table → the registry its kind is looked up in (the ``[[loggers]]`` array aside).
 COMPONENT_TABLES: dict[tuple[str, ...], str] = {kind.table: kind.name for kind in KINDS if not kind.repeated}
 
@@ -719,7 +721,6 @@ the kinds of the installed plugins.
 
 _COLUMNS = "| key | type | default | range or values | description |\n| --- | --- | --- | --- | --- |"
 _TYPE_NAMES = {bool: "boolean", int: "integer", float: "float", str: "string", dict: "table", list: "array"}
-_LOGGERS = ("loggers",)  # the array of logger tables: component tables, but not one of COMPONENT_TABLES
 
 
 def _toml_value(value: Any) -> str:
@@ -796,7 +797,8 @@ def _fixed_model(info: Any) -> type[BaseModel] | None:
 
 
 def _table_heading(loc: tuple[str, ...]) -> str:
-    return "`[[loggers]]`" if loc == _LOGGERS else f"`[{'.'.join(loc)}]`"
+    kind = TABLE_KINDS.get(loc)
+    return f"`[[{'.'.join(loc)}]]`" if kind and kind.repeated else f"`[{'.'.join(loc)}]`"
 
 
 def _fixed_table(title: str, model: type[BaseModel], loc: tuple[str, ...]) -> str:
@@ -807,9 +809,8 @@ def _fixed_table(title: str, model: type[BaseModel], loc: tuple[str, ...]) -> st
     lines.append(_COLUMNS)
     for key, info in model.model_fields.items():
         here = (*loc, key)
-        if here in COMPONENT_TABLES or here == _LOGGERS:
-            label = KIND_LABELS[COMPONENT_TABLES.get(here, "loggers")]
-            what = "one table for each logger" if here == _LOGGERS else f"the {label}"
+        if kind := TABLE_KINDS.get(here):
+            what = f"one table for each {kind.label}" if kind.repeated else f"the {kind.label}"
             lines.append(_row(key, info, f"{what}: a component table, see {_table_heading(here)}"))
         elif _fixed_model(info):
             lines.append(_row(key, info, f"see {_table_heading(here)}"))
@@ -818,12 +819,12 @@ def _fixed_table(title: str, model: type[BaseModel], loc: tuple[str, ...]) -> st
     return "\n".join(lines) + "\n"
 
 
-def _component_table(registries: Registries, loc: tuple[str, ...], registry_kind: str) -> str:
-    label = KIND_LABELS[registry_kind]
+def _component_table(registries: Registries, loc: tuple[str, ...], kind: Kind) -> str:
+    label, registry_kind = kind.label, kind.name
     lines = [f"## {_table_heading(loc)}", ""]
-    if loc == _LOGGERS:
-        loggers = _toml_value(RecipeSchema.model_fields["loggers"].get_default(call_default_factory=True))
-        lines.append(f"Each `[[loggers]]` table is a {label}; the default is `loggers = {loggers}`.")
+    if kind.repeated:
+        default = _toml_value(RecipeSchema.model_fields[loc[0]].get_default(call_default_factory=True))
+        lines.append(f"Each {_table_heading(loc)} table is a {label}; the default is `{loc[0]} = {default}`.")
     else:
         default = _default_kind(loc)
         chosen = f'the default is `kind = "{default}"`' if default else "`kind` is required"
@@ -854,6 +855,6 @@ def schema_markdown(registries: Registries) -> str:
     for name, info in RecipeSchema.model_fields.items():
         if model := _fixed_model(info):
             sections.append(_fixed_table(_table_heading((name,)), model, (name,)))
-    for loc, registry_kind in {**COMPONENT_TABLES, _LOGGERS: "loggers"}.items():
-        sections.append(_component_table(registries, loc, registry_kind))
+    for loc, kind in TABLE_KINDS.items():
+        sections.append(_component_table(registries, loc, kind))
     return "\n".join(sections).rstrip("\n") + "\n"

@@ -44,11 +44,9 @@ def lock(run_dir: Path) -> None:
     if fcntl is None:
         return
     handle = (run_dir / MARKER).open("a", encoding="utf-8")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not _locked(handle):
         handle.close()
-        raise _in_use(run_dir) from None
+        raise _in_use(run_dir)
     _locks[run_dir.resolve()] = handle
 
 
@@ -65,13 +63,17 @@ def in_use(run_dir: Path) -> bool:
     marker = run_dir / MARKER
     if fcntl is None or not marker.is_file():
         return False
-    with marker.open("a", encoding="utf-8") as probe:
-        try:
-            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(probe, fcntl.LOCK_UN)
-    return False
+    with marker.open("a", encoding="utf-8") as probe:  # closing it lets go of the lock it may take
+        return not _locked(probe)
+
+
+def _locked(handle: IO[str]) -> bool:
+    """Lock ``handle``'s file for this handle alone, without waiting; False where another handle holds it."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _in_use(run_dir: Path) -> UsageError:

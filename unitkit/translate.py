@@ -49,13 +49,16 @@ def image_files(source: Path) -> Iterator[Path]:
 @torch.no_grad()
 def smallest_side(model: UNIT, source: str, channels: int) -> int:
     """The smallest side, a multiple of the encoder's ``size_multiple``, of the square images from domain ``source``
-    that ``model`` translates.
+    that ``model`` translates (an encoder that takes one size only: that size).
 
     Found by trying, since no interface declares it: padding and normalisation layers set it (a reflection-padded
     7x7 convolution needs 4 pixels, instance normalisation more than one after the downsamplings).
     """
+    encoder = model.encoder(source)
+    if encoder.fixed_size:  # it takes that side only (translate_image resizes to it): nothing to try
+        return encoder.fixed_size
     device = next(model.parameters()).device
-    side = model.encoder(source).size_multiple
+    side = encoder.size_multiple
     while True:
         try:
             model.translate(torch.zeros(1, channels, side, side, device=device), source)
