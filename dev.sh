@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # unitkit's two entry points on a fresh machine:
-#   ./dev.sh quickstart [unitkit run options]   install, then train recipes/quickstart.toml
+#   ./dev.sh quickstart [unitkit run options]   install, then train the quickstart recipe
 #   ./dev.sh test [pytest options]              install, then run the test suite
 # The virtual environment lives outside the clone, keyed on the dependency files, so it is built once and
 # reused by every clone and by CI (override its location with UNITKIT_VENV).
@@ -32,7 +32,7 @@ fi
 command=${1:-help}
 shift || true
 case "$command" in
-    quickstart) exec "$venv/bin/unitkit" run recipes/quickstart.toml "$@" ;;
+    quickstart) exec "$venv/bin/unitkit" run quickstart "$@" ;;
     test) exec "$venv/bin/python" -m pytest "$@" ;;
     lint) "$venv/bin/ruff" check . && exec "$venv/bin/ruff" format --check . ;;
     shell) exec "$SHELL" -c "source '$venv/bin/activate' && exec '$SHELL'" ;;

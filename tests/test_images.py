@@ -13,6 +13,7 @@ import torch
 from conftest import TINY_RECIPE, invoke
 from PIL import Image
 
+from unitkit import Translator
 from unitkit import translate as translate_module
 from unitkit.builtin.datasets import unpaired_folders
 from unitkit.checkpoint import list_checkpoints
@@ -178,7 +179,7 @@ def test_translate_out_of_memory_is_one_line(checkpoint, tmp_path, monkeypatch, 
     def exhaust(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(translate_module, "translate_image", exhaust)
+    monkeypatch.setattr(Translator, "translate", exhaust)
     result = translate(checkpoint, grey_8(tmp_path / "in.png"), tmp_path / "out")
     assert result.exit_code == 1 and "out of memory translating" in result.output and "in.png" in result.output
 

@@ -25,7 +25,7 @@ EXPECTED_BUILTINS = {
     "reconstruction_losses": {"l1", "l2"},
     "sharing_strategies": {"none", "shared-latent", "all-but-ends"},
     "datasets": {"synthetic", "unpaired-folders", "mnist-usps", "svhn-mnist"},
-    "loggers": {"jsonl"},
+    "loggers": {"jsonl", "tensorboard", "wandb"},
 }
 
 

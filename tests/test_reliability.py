@@ -32,11 +32,12 @@ def run(recipe_path, run_dir, *overrides, resume=False, plugins=None):
     return train(recipe, registries, run_dir, resume=resume, show_progress=False)
 
 
-def test_resume_is_bit_exact(tiny_recipe, tmp_path):
+@pytest.mark.parametrize("ema", [0.0, 0.5])
+def test_resume_is_bit_exact(tiny_recipe, tmp_path, ema):
     # The straight run evaluates and draws samples at iteration 3, the resumed one does not: they must not move
-    # training's random stream.
+    # training's random stream. With train.ema, the weight average resumes exactly too.
     common = ["train.deterministic=true", "train.checkpoint_every=3", "train.keep_checkpoints=10",
-              "train.eval_every=3", "train.sample_every=3"]  # fmt: skip
+              "train.eval_every=3", "train.sample_every=3", f"train.ema={ema}"]  # fmt: skip
     run(tiny_recipe, tmp_path / "straight", "train.iterations=6", *common)
     run(tiny_recipe, tmp_path / "halves", "train.iterations=3", *common)
     run(tiny_recipe, tmp_path / "halves", "train.iterations=6", *common, resume=True)
@@ -45,6 +46,9 @@ def test_resume_is_bit_exact(tiny_recipe, tmp_path):
     assert straight.model_state.keys() == resumed.model_state.keys()
     for name, tensor in straight.model_state.items():
         assert torch.equal(tensor, resumed.model_state[name]), name
+    assert straight.averaged.keys() == resumed.averaged.keys() and bool(straight.averaged) == bool(ema)
+    for name, tensor in straight.averaged.items():
+        assert torch.equal(tensor, resumed.averaged[name]), name
     for which in ("generator", "discriminator"):
         a, b = straight.optimizers[which]["state"], resumed.optimizers[which]["state"]
         assert a.keys() == b.keys()

@@ -20,6 +20,7 @@ from unitkit.components import (
 )
 from unitkit.hookspecs import HOOK_VERSION, hookimpl
 from unitkit.registry import Registries, Registry, RegistryError
+from unitkit.translator import Translator
 
 __version__ = "0.1.0"
 
@@ -36,6 +37,7 @@ __all__ = [
     "Registries",
     "Registry",
     "RegistryError",
+    "Translator",
     "count_parameters",
     "hookimpl",
     "init_weights",

@@ -12,7 +12,7 @@ import os
 import random
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,13 @@ class Checkpoint:
     #: Training wall seconds up to this checkpoint, over the run and its resumptions; None where unknown (a
     #: checkpoint written before 2026-12-02, or a run resumed from one).
     seconds: float | None = None
+    #: The ``train.ema`` average of the encoder and generator tensors (model state names); empty without one.
+    averaged: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def weights(self, which: str = "ema") -> dict[str, torch.Tensor]:
+        """The model state to translate with: ``"ema"``, the average where the run kept one (else the raw
+        weights); ``"raw"``, the weights as the last iteration left them."""
+        return self.model_state | self.averaged if which == "ema" else self.model_state
 
     def recipe(self) -> dict[str, Any]:
         """The resolved recipe the checkpoint was trained with, as a dict."""
@@ -155,14 +162,17 @@ def save_checkpoint(
     device: torch.device,
     keep: int = 3,
     seconds: float | None = None,
+    averaged: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a checkpoint atomically and delete all but the ``keep`` newest ones.
 
-    ``seconds`` is the run's training wall time so far, over the run and its resumptions (None: unknown).
+    ``seconds`` is the run's training wall time so far, over the run and its resumptions (None: unknown);
+    ``averaged`` the ``train.ema`` average (:meth:`unitkit.ema.WeightAverage.state`), if the run keeps one.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model/{k}": v for k, v in unique_state(model).items()}
+    tensors |= {f"ema/{k}": v for k, v in (averaged or {}).items()}
     metadata = {"format": FORMAT, "step": str(step), "recipe": recipe_toml, "data": json.dumps(data_info)}
     if seconds is not None:
         metadata["seconds"] = f"{seconds:.3f}"
@@ -230,6 +240,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
         rng=rng,
         path=path,
         seconds=_seconds_in(metadata),
+        averaged={k.removeprefix("ema/"): v for k, v in tensors.items() if k.startswith("ema/")},
     )
 
 

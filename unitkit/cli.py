@@ -26,10 +26,12 @@ from rich.table import Table
 from rich.text import Text
 
 from unitkit.errors import UnitkitError, UnitkitWarning, UsageError
+from unitkit.export import FORMATS, export_network
 from unitkit.plugins import PluginSet, load_plugins
-from unitkit.recipe import load_recipe, schema_markdown
+from unitkit.recipe import load_recipe, read_toml, schema_markdown, shipped_recipes, standalone_toml
 from unitkit.registry import KIND_LABELS
 from unitkit.report import baseline_label, baselines_of, format_cell
+from unitkit.translator import DIRECTIONS, WEIGHTS, Translator
 
 # rich neither wraps nor cuts messages (soft_wrap): a terminal folds a long line itself, and a log file or a pipe
 # gets it whole, where rich would break it at 80 columns. Tables go through print_table.
@@ -166,7 +168,8 @@ class OneLineUsageErrors(click.Group):
 
 def _fail_usage(exc: click.UsageError, command_path: str) -> None:
     where = exc.ctx.command_path if exc.ctx else command_path
-    _fail(f"{exc.format_message()} (see '{where} --help')", exc.exit_code)
+    message = " ".join(exc.format_message().split())  # click lists a missing option's choices one a line
+    _fail(f"{message} (see '{where} --help')", exc.exit_code)
 
 
 @click.group(cls=OneLineUsageErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -176,8 +179,9 @@ def main() -> None:
 
     \b
     Examples:
-      unitkit run recipes/quickstart.toml
-      unitkit show recipes/cats.toml --set train.batch_size=4
+      unitkit run quickstart
+      unitkit show cats --set train.batch_size=4
+      unitkit recipes
       unitkit list-plugins
     """
     click.get_current_context().with_resource(warnings_as_lines())  # for the command's whole run
@@ -286,8 +290,57 @@ def list_plugins(as_json: bool) -> None:
         console.print(f"[red]{escape(str(failure))}[/]", highlight=False)
 
 
+@main.group(cls=OneLineUsageErrors, invoke_without_command=True)
+@click.pass_context
+@friendly_errors
+def recipes(ctx: click.Context) -> None:
+    """List the recipes that ship with unitkit, each with its description.
+
+    A command's RECIPE is a recipe file or a shipped recipe's name; a file of that name, where there is one,
+    comes first. `recipes copy` writes one out to edit.
+
+    \b
+    Examples:
+      unitkit recipes
+      unitkit run quickstart
+      unitkit recipes copy cats my_cats.toml
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("name")
+    table.add_column("description")
+    for name, path in shipped_recipes().items():
+        table.add_row(name, escape(str(read_toml(path).get("description", ""))))
+    print_table(table, shrink_last=True)
+
+
+@recipes.command("copy")
+@click.argument("name")
+@click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace DEST if it exists.")
+@friendly_errors
+def copy_recipe(name: str, dest: Path, overwrite: bool) -> None:
+    """Write the shipped recipe NAME to the file DEST, to edit and run; the copy is named after DEST, so that its
+    runs go to runs/DEST_STEM.
+
+    A recipe that builds on another (base = "cats.toml") is written with its bases merged in, ablations
+    included, under a comment naming the files it was made from, so that the copy needs no other file.
+
+    \b
+    Examples:
+      unitkit recipes copy quickstart my_quickstart.toml
+      unitkit recipes copy dog_breeds corgis.toml && unitkit run corgis.toml --set data.root=/data/corgis
+    """
+    text = standalone_toml(name, dest.stem)
+    if dest.exists() and not overwrite:
+        raise UsageError(f"{dest} exists; pass --overwrite to replace it, or choose another DEST")
+    dest.write_text(text, encoding="utf-8")
+    console.print(f"wrote {escape(str(dest))}; edit it, then: unitkit run {escape(str(dest))}", highlight=False)
+
+
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@click.argument("recipe", type=click.Path(path_type=Path), required=False)
 @set_option
 @click.option("--ablation", default="", help="Apply the recipe's [ablations.NAME] table first.")
 @click.option(
@@ -304,7 +357,8 @@ def list_plugins(as_json: bool) -> None:
 )
 @friendly_errors
 def show(recipe: Path | None, overrides: tuple[str, ...], ablation: str, origin: bool, schema: bool) -> None:
-    """Validate RECIPE and print it resolved (defaults filled in) with the model's parameter counts.
+    """Validate RECIPE (a file or a shipped recipe's name) and print it resolved (defaults filled in) with the
+    model's parameter counts.
 
     With --origin, each value is one `ORIGIN<tab>key = value` line, the origins padded to one width: cut -f2
     gives the resolved recipe as TOML.
@@ -314,10 +368,11 @@ def show(recipe: Path | None, overrides: tuple[str, ...], ablation: str, origin:
 
     \b
     Examples:
-      unitkit show recipes/quickstart.toml
-      unitkit show recipes/cats.toml --set model.sharing.kind=none
-      unitkit show recipes/cats.toml --ablation no-sharing
-      unitkit show recipes/horse2zebra.toml --origin --set train.lr=2e-4 | grep train.
+      unitkit show quickstart
+      unitkit show cats --set model.sharing.kind=none
+      unitkit show cats --ablation no-sharing
+      unitkit show horse2zebra --origin --set train.lr=2e-4 | grep train.
+      unitkit show my_recipe.toml
       unitkit show --schema | less
       UNITKIT_DISABLE_PLUGIN_AUTOLOAD=1 unitkit show --schema > docs/recipes.md
     """
@@ -363,7 +418,7 @@ def show(recipe: Path | None, overrides: tuple[str, ...], ablation: str, origin:
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipe", type=click.Path(path_type=Path))
 @set_option
 @click.option("--ablation", default="", help="Run the recipe's [ablations.NAME] variant.")
 @click.option(
@@ -412,19 +467,19 @@ def run(
     quiet: bool,
     jobs: int,
 ) -> None:
-    """Train the UNIT model described by RECIPE.
+    """Train the UNIT model described by RECIPE, a recipe file or a shipped recipe's name (`unitkit recipes`).
 
     Writes RUN_DIR/recipe.toml (resolved), log.jsonl, samples/, losses.png, checkpoints/ and index.html
     (open it in a browser to follow the run). Ctrl-C saves a checkpoint; --resume continues from it.
 
     \b
     Examples:
-      unitkit run recipes/quickstart.toml
-      unitkit run recipes/cats.toml --set data.root=/data/cats --set train.batch_size=4
-      unitkit run recipes/cats.toml --ablation no-sharing
-      unitkit run recipes/cats.toml --ablations no-sharing,no-cycle --set train.iterations=5000
-      unitkit run recipes/maps.toml --all-ablations --jobs 2 --set train.device=cpu
-      unitkit run recipes/quickstart.toml --out runs/qs --resume
+      unitkit run quickstart
+      unitkit run cats --set data.root=/data/cats --set train.batch_size=4
+      unitkit run cats --ablation no-sharing
+      unitkit run cats --ablations no-sharing,no-cycle --set train.iterations=5000
+      unitkit run maps --all-ablations --jobs 2 --set train.device=cpu
+      unitkit run my_recipe.toml --out runs/mine --resume
 
     A sweep (--all-ablations or --ablations) ends with RUN_DIR/results.md, results.csv and results.png. With
     several GPUs its variants train side by side, one per GPU; --jobs sets how many run at once.
@@ -471,6 +526,27 @@ def print_results(rows: list[dict]) -> None:
     print_table(table)
 
 
+weights_option = click.option(
+    "--weights",
+    type=click.Choice(WEIGHTS),
+    help="Translate with the checkpoint's train.ema average of the weights (its raw weights where it has none), or "
+    "with the raw weights [default: what the run's samples and evaluations used, evaluate.weights, ema unless set].",
+)
+
+
+def load_translator(checkpoint: Path, device: str, weights: str | None) -> Translator:
+    """CHECKPOINT's model on --device, built from the components of every plugin (as ``run`` builds it); says
+    which weights it translates with when the checkpoint holds a train.ema average beside its raw weights."""
+    from unitkit.train import resolve_device
+
+    torch_device = resolve_device(device, "--device")
+    translator = Translator.from_checkpoint(checkpoint, torch_device, weights, plugins_with_warnings().registries)
+    if translator.has_average:
+        used, other = ("the train.ema average", "raw") if translator.weights == "ema" else ("the raw weights", "ema")
+        console.print(f"weights: {used} (--weights {other} for the other)", highlight=False)
+    return translator
+
+
 @main.command()
 @click.argument("target", metavar="RUN_DIR_OR_CHECKPOINT", type=click.Path(exists=True, path_type=Path))
 @click.option("--fid/--no-fid", default=None, help="Compute FID/KID [default: as the run's recipe says].")
@@ -479,6 +555,7 @@ def print_results(rows: list[dict]) -> None:
 )
 @click.option("--inception", type=click.Path(dir_okay=False, path_type=Path), help="FID Inception TorchScript file.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@weights_option
 @click.option(
     "--output", type=click.Path(dir_okay=False, path_type=Path), help="JSON file [default: RUN_DIR/evaluation.json]."
 )
@@ -494,6 +571,7 @@ def evaluate(
     fid_images: int | None,
     inception: Path | None,
     device: str,
+    weights: str | None,
     output: Path | None,
     data_root: Path | None,
 ) -> None:
@@ -516,13 +594,11 @@ def evaluate(
       unitkit evaluate runs/cat2dog_32 --fid --fid-images 500
       unitkit evaluate runs/maps/checkpoints/step_000010000.safetensors --output maps.json
       unitkit evaluate runs/maps --data-root /mnt/datasets/maps
+      unitkit evaluate runs/cat2dog_32 --weights raw --output raw.json
     """
     from unitkit.checkpoint import list_checkpoints
     from unitkit.evaluate import evaluate_checkpoint
-    from unitkit.train import resolve_device
 
-    plugins = plugins_with_warnings()
-    torch_device = resolve_device(device, "--device")
     run_dir = target if target.is_dir() else None
     checkpoint = target
     if run_dir is not None:
@@ -533,9 +609,7 @@ def evaluate(
     output = output or (run_dir / "evaluation.json" if run_dir is not None else checkpoint.with_suffix(".json"))
     figure = run_dir / "confusion.png" if run_dir is not None else output.with_name(f"{output.stem}_confusion.png")
     results = evaluate_checkpoint(
-        checkpoint,
-        plugins.registries,
-        torch_device,
+        load_translator(checkpoint, device, weights),
         run_dir,
         confusion_figure=figure,
         fid=fid,
@@ -552,8 +626,9 @@ def evaluate(
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
 @click.argument("output_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--direction", type=click.Choice(["a2b", "b2a"]), required=True, help="Translate A→B or B→A.")
+@click.option("--direction", type=click.Choice(DIRECTIONS), required=True, help="Translate A→B or B→A.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@weights_option
 @click.option("--overwrite", is_flag=True, help="Replace files that already exist in OUTPUT_DIR.")
 @click.option(
     "--bad-files",
@@ -564,7 +639,14 @@ def evaluate(
 )
 @friendly_errors
 def translate(
-    checkpoint: Path, input_path: Path, output_dir: Path, direction: str, device: str, overwrite: bool, bad_files: str
+    checkpoint: Path,
+    input_path: Path,
+    output_dir: Path,
+    direction: str,
+    device: str,
+    weights: str | None,
+    overwrite: bool,
+    bad_files: str,
 ) -> None:
     """Translate an image file, or every image in a folder, with a trained CHECKPOINT.
 
@@ -578,16 +660,77 @@ def translate(
     Examples:
       unitkit translate runs/quickstart/checkpoints/step_000002000.safetensors photos/ out/ --direction a2b
       unitkit translate run.safetensors cat.png out/ --direction b2a --device cpu
+      unitkit translate run.safetensors photos/ out_raw/ --direction a2b --weights raw
     """
-    from unitkit.train import resolve_device
-    from unitkit.translate import load_trained_model, translate_path
+    from unitkit.translate import translate_path
 
-    plugins = plugins_with_warnings()
-    model, state, _ = load_trained_model(checkpoint, plugins.registries, resolve_device(device, "--device"))
-    result = translate_path(model, state.data_info, input_path, output_dir, direction, overwrite, bad_files)
+    translator = load_translator(checkpoint, device, weights)
+    result = translate_path(translator, input_path, output_dir, direction, overwrite, bad_files)
     console.print(f"[green]translated[/] {len(result.written)} image(s) {direction} into {output_dir}", highlight=False)
     if result.skipped:
         total = len(result.written) + len(result.skipped)
         errors.print(f"[yellow]warning:[/] skipped {len(result.skipped)} of {total} image(s):", highlight=False)
         for bad in result.skipped:
             errors.print(f"  {escape(bad.path.name)}: {escape(bad.problem)}", highlight=False)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--direction", type=click.Choice(DIRECTIONS), required=True, help="Export the A→B or the B→A network.")
+@click.option(
+    "--format",
+    "file_format",
+    type=click.Choice(FORMATS),
+    required=True,
+    help="TorchScript (runs with torch alone) or ONNX (any ONNX runtime; needs pip install 'unitkit[export]').",
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(min=1),
+    help="Side of the square images the file is built for [default: the size the checkpoint was trained at].",
+)
+@click.option("--dynamic", is_flag=True, help="Let the batch, height and width vary (as far as the encoder allows).")
+@weights_option
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="Where the network is traced: cpu, cuda or cuda:N (a TorchScript file traced on a GPU loads on one).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@friendly_errors
+def export(
+    checkpoint: Path,
+    output: Path,
+    direction: str,
+    file_format: str,
+    image_size: int | None,
+    dynamic: bool,
+    weights: str | None,
+    device: str,
+    overwrite: bool,
+) -> None:
+    """Export one direction of a trained CHECKPOINT as one file that translates without unitkit.
+
+    The file maps images (N, C, H, W), float32 in [-1, 1], to the other domain's images of the same size in
+    [-1, 1]. Without --dynamic it takes one image of --image-size; with it, any batch and the sides the encoder
+    takes (multiples of its downsampling, from its smallest side up). Its metadata says so, with the recipe, step
+    and weights it comes from: JSON in the ONNX metadata_props key "unitkit", or in the TorchScript extra file
+    "unitkit.json". The file is checked to translate random images as the model does before it is written.
+    docs/export.md shows how to run it.
+
+    \b
+    Examples:
+      unitkit export runs/quickstart/checkpoints/step_000002000.safetensors a2b.pt --direction a2b --format torchscript
+      unitkit export run.safetensors b2a.onnx --direction b2a --format onnx --dynamic
+      unitkit export run.safetensors a2b_64.onnx --direction a2b --format onnx --image-size 64 --weights raw
+    """
+    translator = load_translator(checkpoint, device, weights)
+    written = export_network(
+        translator, output, direction, file_format, image_size=image_size, dynamic=dynamic, overwrite=overwrite
+    )
+    shape, sizes = ", ".join(map(str, written["input"]["shape"])), written["sizes"]
+    console.print(
+        f"[green]exported[/] {direction} to {output} ({file_format}, input ({shape}): {sizes})", highlight=False
+    )

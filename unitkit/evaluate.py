@@ -18,7 +18,7 @@ from unitkit.model import UNIT, evaluation_mode
 from unitkit.recipe import Recipe, changes_on_resume, read_toml, validate
 from unitkit.registry import Registries
 from unitkit.report import plot_confusions, read_log
-from unitkit.translate import load_trained_model
+from unitkit.translator import Translator
 
 #: A translated pixel counts as correct when every channel differs from the truth by less than this many levels
 #: (of 255), as in the paper's map experiment.
@@ -258,9 +258,7 @@ def fid_kid_if_asked(
 
 
 def evaluate_checkpoint(
-    path: Path,
-    registries: Registries,
-    device: torch.device,
+    translator: Translator,
     run_dir: Path | None = None,
     *,
     confusion_figure: Path | None = None,
@@ -270,26 +268,28 @@ def evaluate_checkpoint(
     data_root: Path | None = None,
     show_progress: bool = True,
 ) -> dict[str, float]:
-    """Every metric that applies to a checkpoint's model and data.
+    """Every metric that applies to a loaded checkpoint's model and data, on the translator's device.
 
-    The model, the dataset and the ``[evaluate]`` settings come from the recipe stored in the checkpoint; the
-    keyword arguments override those settings, and ``data_root`` the dataset's ``root`` (data moved since the
-    run). With ``run_dir``, the run the checkpoint is evaluated as part of, a checkpoint trained with other
-    settings than the run's recipe.toml is refused (:func:`check_checkpoint_of_run`), and the best values of the
-    run's periodic evaluations are added. With ``confusion_figure``, a domain-adaptation model's confusion
-    matrices are drawn.
+    The dataset and the ``[evaluate]`` settings come from the recipe stored in the checkpoint; the keyword
+    arguments override those settings, and ``data_root`` the dataset's ``root`` (data moved since the run). With
+    ``run_dir``, the run the checkpoint is evaluated as part of, a checkpoint trained with other settings than the
+    run's recipe.toml is refused (:func:`check_checkpoint_of_run`), and the best values of the run's periodic
+    evaluations are added when they translated with the same weights (``evaluate.weights``). With
+    ``confusion_figure``, a domain-adaptation model's confusion matrices are drawn.
     """
-    model, state, recipe = load_trained_model(path, registries, device)
+    model, state, recipe, device = translator.model, translator.checkpoint, translator.recipe, translator.device
     if run_dir is not None:
         check_checkpoint_of_run(state, run_dir)
     if data_root is not None:
-        recipe = with_data_root(recipe, data_root, registries, origin=f"{path} (stored recipe)")
-    data = build_data(recipe, registries)
+        recipe = with_data_root(recipe, data_root, translator.registries, origin=f"{state.path} (stored recipe)")
+    data = build_data(recipe, translator.registries)
     # FID/KID first: a network file that is not the FID network is refused before the other metrics take time.
     distances = fid_kid_if_asked(model, data, device, recipe, fid=fid, inception=inception, max_images=max_images,
                                  show_progress=show_progress)  # fmt: skip
     results = {"iteration": state.step, **evaluate_run(model, data, device, confusion_figure), **distances}
-    if recipe.train.eval_every and run_dir is not None:
+    # The run's periodic evaluations translated with its evaluate.weights: their best goes beside the same kind only.
+    same_weights = translator.weights == recipe.evaluate.weights or not translator.has_average
+    if recipe.train.eval_every and run_dir is not None and same_weights:
         results |= best_logged(run_dir / "log.jsonl")
     return results
 

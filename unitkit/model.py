@@ -43,6 +43,10 @@ class UNIT(nn.Module):
     shared tensor once.
     """
 
+    #: The networks that translate (trained by the generator optimiser, averaged by ``train.ema``, exported);
+    #: the discriminators only train them.
+    TRANSLATION_NETWORKS = ("enc_a", "enc_b", "gen_a", "gen_b")
+
     def __init__(
         self,
         encoders: tuple[EncoderBackbone, EncoderBackbone],
@@ -67,9 +71,13 @@ class UNIT(nn.Module):
         """Images of domain ``source`` translated to the other domain through the latent mean (no noise)."""
         return self.generator("b" if source == "a" else "a")(self.encoder(source).encode_mean(x))
 
+    def translation_networks(self) -> list[nn.Module]:
+        """E_a, E_b, G_a, G_b (:data:`TRANSLATION_NETWORKS`)."""
+        return [getattr(self, name) for name in self.TRANSLATION_NETWORKS]
+
     def generator_parameters(self) -> list[nn.Parameter]:
         """Encoder and generator parameters, each shared tensor once (what the generator optimiser updates)."""
-        return unique_parameters(self.enc_a, self.enc_b, self.gen_a, self.gen_b)
+        return unique_parameters(*self.translation_networks())
 
     def discriminator_parameters(self) -> list[nn.Parameter]:
         return unique_parameters(self.dis_a, self.dis_b)
@@ -154,7 +162,7 @@ def parameter_report(model: UNIT) -> ParameterReport:
         "D_a": model.dis_a, "D_b": model.dis_b,
     }  # fmt: skip
     per = {name: count_parameters(net) for name, net in nets.items()}
-    gen_total = count_parameters(model.enc_a, model.enc_b, model.gen_a, model.gen_b)
+    gen_total = count_parameters(*model.translation_networks())
     dis_total = count_parameters(model.dis_a, model.dis_b)
     return ParameterReport(
         per_network=per,

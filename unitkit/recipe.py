@@ -4,7 +4,8 @@ A recipe names every component by a table with a ``kind`` key plus that componen
 kind accepts are read from its factory's signature. The fixed tables (``[train]``, ``[objective]``, ...) are the
 pydantic models below: they are the one place defaults are written. ``[ablations.NAME]`` tables and ``--set``
 hold dotted-key overrides in the same syntax. ``base = "other.toml"`` builds a recipe on another: the recipe's
-values are applied over its base's as ``--set`` values are, and its ablations join its base's.
+values are applied over its base's as ``--set`` values are, and its ablations join its base's. The recipes in
+``unitkit/recipes/`` ship with the package, and a name stands for one: ``load_recipe("quickstart", ...)``.
 """
 
 from __future__ import annotations
@@ -116,6 +117,11 @@ class TrainSettings(BaseModel):
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a NaN/inf loss stops the run, or skips that update (checked every step) and counts it"
     )
+    ema: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.0,
+        description="decay of an exponential moving average of encoder and generator weights, which samples, "
+        "evaluation, translate and export then use (0.999: about the last 1,000 iterations); 0: off",
+    )
 
 
 class ObjectiveSettings(BaseModel):
@@ -153,6 +159,9 @@ class EvaluateSettings(BaseModel):
     fid_images: NonNegative = Field(0, description="test images per domain for FID/KID; 0: the whole test set")
     inception: str = Field(
         "", description="TorchScript FID Inception file; empty: $UNITKIT_INCEPTION, then the unitkit[metrics] extra"
+    )
+    weights: Literal["ema", "raw"] = Field(
+        "ema", description="what sample grids and evaluations translate with: the train.ema average (when on) or raw"
     )
 
 
@@ -264,6 +273,35 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"{path}: malformed TOML: {exc}") from None
+
+
+#: The recipes that ship inside the package (a checkout's ``recipes/`` links here); a command names one by its
+#: file's stem, ``unitkit run quickstart``.
+SHIPPED_RECIPES = PACKAGE_DIR / "recipes"
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """The shipped recipe files by name, in name order."""
+    return dict(sorted((path.stem, path) for path in SHIPPED_RECIPES.glob("*.toml")))
+
+
+def find_recipe(recipe: str | Path) -> Path:
+    """The recipe file that ``recipe`` stands for: the path itself when there is a file there, else the shipped
+    recipe of that name (``quickstart`` or ``quickstart.toml``).
+
+    Raises:
+        RecipeError: naming the closest shipped recipe and listing them all.
+    """
+    path = Path(recipe)
+    if path.exists() and not path.is_dir():  # a folder of images named like a recipe does not hide the recipe
+        return path
+    shipped = shipped_recipes()
+    name = path.name.removesuffix(".toml")
+    if len(path.parts) == 1 and name in shipped:
+        return shipped[name]
+    close = difflib.get_close_matches(name, shipped, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise RecipeError(f"{recipe}: no such recipe file, nor a shipped recipe; {hint}shipped: {', '.join(shipped)}")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -639,9 +677,20 @@ def _ablation_layer(origin: str, name: str, ablations: dict[str, tuple[str, Any]
     return layer
 
 
+def _merge(layers: list[_Layer]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The recipe ``layers`` make, each applied over the ones before it, and the origin of each dotted key."""
+    raw: dict[str, Any] = {}
+    set_by: dict[str, str] = {}
+    for layer in layers:
+        raw = apply_overrides(raw, layer.changes, layer.origin)
+        set_by.update(dict.fromkeys(layer.changes, layer.origin))
+    return raw, set_by
+
+
 def ablation_names(path: str | Path) -> list[str]:
-    """Names of the ``[ablations.NAME]`` tables of a recipe file and of its bases, its bases' first, in file order."""
-    return list(_read_chain(Path(path))[1])
+    """Names of the ``[ablations.NAME]`` tables of a recipe (a file or a shipped recipe's name) and of its bases,
+    its bases' first, in file order."""
+    return list(_read_chain(find_recipe(path))[1])
 
 
 def load_recipe(
@@ -657,7 +706,8 @@ def load_recipe(
     came from.
 
     Args:
-        path: the TOML recipe. Its top-level ``base = "other.toml"`` names, from its folder, a recipe it builds on.
+        path: the TOML recipe, or a shipped recipe's name (:func:`find_recipe`). Its top-level
+            ``base = "other.toml"`` names, from its folder, a recipe it builds on.
         registries: filled registries (``unitkit.plugins.load_plugins().registries``).
         overrides: ``--set`` strings, ``dotted.key=value``, applied after the ablation.
         ablation: name of an ``[ablations.NAME]`` table of the recipe or a base to apply first, or ``""``.
@@ -665,22 +715,46 @@ def load_recipe(
     Raises:
         RecipeError: with a message naming the file, table, key, value and nearest valid name.
     """
+    path = find_recipe(path)
     origin = str(path)
-    layers, ablations = _read_chain(Path(path))
+    layers, ablations = _read_chain(path)
     if ablation:
         layers.append(_ablation_layer(origin, ablation, ablations))
     layers.append(_layer("--set", dict(parse_override(o) for o in overrides)))
-    raw: dict[str, Any] = {}
-    set_by: dict[str, str] = {}
-    for layer in layers:
-        raw = apply_overrides(raw, layer.changes, layer.origin)
-        set_by.update(dict.fromkeys(layer.changes, layer.origin))
+    raw, set_by = _merge(layers)
     recipe = validate(raw, registries, origin, ablation)
     held = _flatten(raw)  # without the settings that a later source's other kind of component dropped
     origins = {key: where for key, where in set_by.items() if key in held}
     if ablation:
         origins["ablation"] = layers[-2].origin
     return recipe.model_copy(update={"origins": origins})
+
+
+def standalone_toml(recipe: str | Path, name: str) -> str:
+    """A recipe (a file or a shipped recipe's name) as TOML that needs no other file, to copy and edit, renamed
+    ``name`` (so that its runs do not land in the original's run directory).
+
+    A recipe without ``base`` is its file's text with its ``name`` line replaced. One with a base is written with
+    its bases merged in, as :func:`load_recipe` merges them, and with every ablation it has or inherits, after a
+    comment naming the files it was made from; its comments are not carried over, and no default is filled in.
+    """
+    path = find_recipe(recipe)
+    layers, ablations = _read_chain(path)
+    if len(layers) == 1:
+        text = path.read_text(encoding="utf-8-sig")
+        named = re.sub(r"^name\s*=.*$", f"name = {json.dumps(name)}", text, count=1, flags=re.MULTILINE)
+        return named if "name" in tomllib.loads(text) else f"name = {json.dumps(name)}\n{text}"
+    raw, _ = _merge(layers)
+    raw = {"name": name} | {key: value for key, value in raw.items() if key != "name"}
+    if ablations:
+        raw["ablations"] = {name: table for name, (_, table) in ablations.items()}
+    bases = [os.path.relpath(layer.origin, path.parent) for layer in reversed(layers[:-1])]
+    header = (
+        f"# {path.name} with its base{'s' * (len(bases) > 1)} {', '.join(bases)} merged in: every value they set "
+        "and every ablation they define.\n"
+        "# A key left out takes its default; `unitkit show FILE --origin` lists them all.\n"
+    )
+    return f"{header}\n{tomli_w.dumps(raw)}"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ PREVIOUS = ".previous-run"
 Start = Literal["fresh", "restart", "replace"]
 #: Everything unitkit writes in a run directory besides its marker; ``--overwrite`` clears these and nothing else.
 OWNED = ("recipe.toml", "log.jsonl", "checkpoints", "samples", "losses.png", "index.html",
-         "evaluation.json", "confusion.png", "crash.log")  # fmt: skip
+         "evaluation.json", "confusion.png", "crash.log", "tensorboard", "wandb")  # fmt: skip
 
 
 #: The marker files this process holds locked, one per run directory it is training in.

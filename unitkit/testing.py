@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
 
 from unitkit.components import Backbone, Discriminator, DomainData, EncoderBackbone
@@ -214,15 +215,23 @@ def check_dataset(entry: Entry, registries: Registries) -> None:
 
 
 def check_logger(entry: Entry) -> None:
-    """A logger takes scalars, an image path and a rewind (a resumed run), and closes."""
+    """A logger, built in a run directory that holds recipe.toml as training builds it, starts at a step
+    (``rewind``), takes scalars and a written image, and closes; built again there, it takes up a resumed run."""
     with tempfile.TemporaryDirectory() as folder:
-        logger = entry.factory(run_dir=Path(folder))
+        run_dir = Path(folder)
+        (run_dir / "recipe.toml").write_text('name = "contract"\n', encoding="utf-8")
+        image = run_dir / "samples.png"
+        Image.new("RGB", (8, 8)).save(image)
+        logger = entry.factory(run_dir=run_dir)
+        logger.rewind(0)
         logger.log_scalars(1, {"G/total": 1.0})
-        logger.log_image(1, "samples", str(Path(folder) / "x.png"))
+        logger.log_image(1, "samples", str(image))
         logger.log_scalars(2, {"G/total": 0.5})
-        logger.rewind(1)
-        logger.log_scalars(2, {"G/total": 0.4})
         logger.close()
+        resumed = entry.factory(run_dir=run_dir)
+        resumed.rewind(1)
+        resumed.log_scalars(2, {"G/total": 0.4})
+        resumed.close()
 
 
 #: The contract check of each kind of component (:data:`unitkit.registry.KINDS`), by registry name.

@@ -37,6 +37,7 @@ from unitkit import checkpoint as ckpt
 from unitkit import distributed, rundir
 from unitkit.components import DomainData, GANLoss, Logger
 from unitkit.data import build_data, endless_images, first_images
+from unitkit.ema import WeightAverage, averaged_part
 from unitkit.errors import CheckpointError, StoppedBeforeCheckpoint, TrainingError, UsageError
 from unitkit.evaluate import best_logged, evaluate_run, fid_kid_if_asked
 from unitkit.fid import MetricsError, find_inception
@@ -259,6 +260,7 @@ class UnitStep:
     memory_format: torch.memory_format
     on_nonfinite: str
     votes: distributed.Votes  # decisions all processes take together under torchrun
+    average: WeightAverage | None = None  # train.ema's average of the encoder and generator weights
 
     def __call__(
         self, x_a: torch.Tensor, x_b: torch.Tensor, labels_a: torch.Tensor
@@ -320,10 +322,11 @@ def build_step(
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = build_model(recipe, registries, channels, num_classes=num_classes, image_size=image_size)
     model = model.to(device=device, memory_format=memory_format)
+    average = WeightAverage(model, cfg.ema) if cfg.ema else None  # before compiling: evaluation needs no speed
     if cfg.compile:
         # In place, so parameter names (and checkpoints) stay the same. Encoders and generators compile block
         # by block, since the model runs their blocks itself (shared blocks once for both domains).
-        blocks = {id(b): b for net in (model.enc_a, model.enc_b, model.gen_a, model.gen_b) for b in net.blocks}
+        blocks = {id(b): b for net in model.translation_networks() for b in net.blocks}
         for network in (*blocks.values(), model.dis_a, model.dis_b):
             network.compile()
     gan = registries.gan_losses.get(recipe.gan_loss.kind).factory(**recipe.gan_loss.settings)
@@ -344,7 +347,7 @@ def build_step(
 
     # The generator pass and the discriminator loss are module forwards so DDP can sync their gradients.
     generator_pass: nn.Module = Synced(
-        [model.enc_a, model.enc_b, model.gen_a, model.gen_b],
+        model.translation_networks(),
         lambda x_a, x_b: translate_both(model, x_a, x_b, weights, shard),
     )
     discriminator_pass: nn.Module = Synced(
@@ -356,7 +359,7 @@ def build_step(
         discriminator_pass = DistributedDataParallel(discriminator_pass, device_ids=ids)
     return UnitStep(
         model, generator_pass, discriminator_pass, gan, reconstruction, weights, optimizers, schedulers, scalers,
-        device, dtype, memory_format, cfg.on_nonfinite, distributed.Votes(shard),
+        device, dtype, memory_format, cfg.on_nonfinite, distributed.Votes(shard), average,
     )  # fmt: skip
 
 
@@ -394,6 +397,8 @@ def train(
                     terms, terms_d, skipped = unit(x_a, x_b, labels_a)
                 run.skipped_updates += skipped
                 run.step += 1
+                if unit.average:
+                    unit.average.update(run.step)
 
                 # Reading a loss synchronises with the device, so it happens only at log steps.
                 if run.step % cfg.log_every == 0 or run.step % cfg.checkpoint_every == 0 or run.step == cfg.iterations:
@@ -480,8 +485,11 @@ def start_run(
 
 
 def load_training_state(unit: UnitStep, state: ckpt.Checkpoint) -> None:
-    """Continue from ``state``: the weights, the optimisers', schedulers' and loss scalers' states, the RNGs."""
+    """Continue from ``state``: the weights and their average, the optimisers', schedulers' and loss scalers'
+    states, the RNGs."""
     ckpt.load_model_state(unit.model, state.model_state, state.path)
+    if unit.average:  # a checkpoint of a run without train.ema starts the average from its weights
+        unit.average.load(state.averaged or averaged_part(unit.model), state.path)
     for name, optimizer in unit.optimizers.items():
         optimizer.load_state_dict(state.optimizers[name])
         unit.schedulers[name].load_state_dict(state.schedulers[name])
@@ -553,14 +561,21 @@ class Run:
             shown = " ".join(f"{k}={v:.3g}" for k, v in scalars.items() if k.startswith(("G/", "D/")))
             self.progress.update(self.task, completed=self.step, speed=f"{rate:.2f} it/s", losses=shown)
 
+    @property
+    def shown_model(self) -> UNIT:
+        """What sample grids and evaluations translate with: the weight average unless evaluate.weights = "raw"."""
+        average = self.unit.average
+        return average.model if average and self.recipe.evaluate.weights == "ema" else self.unit.model
+
     def checkpoint(self) -> Path:
         """Save this iteration's checkpoint (rank 0); the first one discards the run an --overwrite set aside."""
         path = ckpt.checkpoint_path(self.checkpoint_dir, self.step)
         if self.shard.is_main:
             unit, keep = self.unit, self.recipe.train.keep_checkpoints
+            averaged = unit.average.state() if unit.average else None
             ckpt.save_checkpoint(self.checkpoint_dir, self.step, unit.model, unit.optimizers, unit.schedulers,
                                  unit.scalers, self.recipe.to_toml(), self.data_info, unit.device, keep,
-                                 seconds=self.seconds())  # fmt: skip
+                                 seconds=self.seconds(), averaged=averaged)  # fmt: skip
             rundir.discard_previous(self.run_dir)
         return path
 
@@ -578,7 +593,7 @@ class Run:
         try:
             with rng_set_aside(self.unit.device):
                 grid = self.run_dir / "samples" / f"step_{self.step:09d}.png"
-                path = sample_grid(self.unit.model, self.fixed_a, self.fixed_b, grid)
+                path = sample_grid(self.shown_model, self.fixed_a, self.fixed_b, grid)
             for logger in self.loggers:
                 logger.log_image(self.step, "samples", str(path))
             plot_losses(self.run_dir / "log.jsonl", self.run_dir / "losses.png")
@@ -600,7 +615,7 @@ class Run:
     def measure(self) -> dict[str, float]:
         """The recipe's metrics on the test sets, leaving training's random stream as it was."""
         with rng_set_aside(self.unit.device):
-            return evaluate_run(self.unit.model, self.data, self.unit.device, self.run_dir / "confusion.png")
+            return evaluate_run(self.shown_model, self.data, self.unit.device, self.run_dir / "confusion.png")
 
     def log_evaluation(self, results: dict[str, float]) -> None:
         """Log metrics as ``eval/NAME`` scalars of this iteration."""
@@ -611,7 +626,7 @@ class Run:
         """The finished run's metrics, with FID/KID where the recipe asks for them; a failed FID keeps the rest."""
         results = self.measure()
         try:
-            distances = fid_kid_if_asked(self.unit.model, self.data, self.unit.device, self.recipe,
+            distances = fid_kid_if_asked(self.shown_model, self.data, self.unit.device, self.recipe,
                                          show_progress=self.progress is not None)  # fmt: skip
         except (MetricsError, RuntimeError) as exc:  # a broken network file, or out of memory: keep the rest
             self.console.print(f"[yellow]FID/KID failed:[/] {escape(str(exc))}; the other metrics are kept")

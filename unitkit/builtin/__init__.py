@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from unitkit import Registry, hookimpl
 from unitkit.builtin import datasets, losses, networks, sharing
-from unitkit.builtin.loggers import JsonlLogger
+from unitkit.builtin.loggers import JsonlLogger, TensorBoardLogger, WandbLogger
 
 unitkit_hook_version = 1
 
@@ -63,3 +63,5 @@ def unitkit_register_datasets(registry: Registry) -> None:
 @hookimpl
 def unitkit_register_loggers(registry: Registry) -> None:
     registry.register("jsonl", JsonlLogger)
+    registry.register("tensorboard", TensorBoardLogger)
+    registry.register("wandb", WandbLogger)

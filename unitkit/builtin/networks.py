@@ -75,7 +75,8 @@ class MatmulConvTranspose2d(nn.ConvTranspose2d):
         plain = self.padding == (0, 0) and self.output_padding == (0, 0) and self.dilation == (1, 1)
         if x.shape[-2:] != (1, 1) or not plain or self.groups != 1 or output_size is not None:
             return super().forward(x, output_size)
-        out = (x.flatten(1) @ self.weight.flatten(1)).view(len(x), self.out_channels, *self.kernel_size)
+        # x.shape[0], not len(x): a trace or torch.export keeps the batch size variable (unitkit export --dynamic)
+        out = (x.flatten(1) @ self.weight.flatten(1)).view(x.shape[0], self.out_channels, *self.kernel_size)
         return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
 
 
