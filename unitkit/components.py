@@ -49,6 +49,11 @@ class BadImageError(DataError):
 _UNREADABLE = (OSError, SyntaxError, ValueError)
 
 
+def image_mode(channels: int) -> str:
+    """The PIL mode :func:`read_image` reads images of a domain with ``channels`` (1 or 3) in: "L" or "RGB"."""
+    return "L" if channels == 1 else "RGB"
+
+
 def read_image(path: Path, mode: str) -> Image.Image:
     """The image file at ``path``, fully decoded, as an 8-bit PIL image of ``mode`` ("RGB" or "L": alpha is dropped).
 

@@ -32,13 +32,10 @@ class WeightAverage:
 
     def __init__(self, trained: UNIT, decay: float) -> None:
         self.decay = decay
-        discriminators = trained.dis_a, trained.dis_b
-        trained.dis_a = trained.dis_b = None  # not copied: shared as they are
-        try:
-            self.model = copy.deepcopy(trained).requires_grad_(False)  # deepcopy keeps the shared blocks shared
-        finally:
-            trained.dis_a, trained.dis_b = discriminators
-        self.model.dis_a, self.model.dis_b = discriminators
+        # The memo makes the copy take the discriminators as they are; deepcopy keeps the shared blocks shared.
+        self.model = copy.deepcopy(trained, memo={id(trained.dis_a): trained.dis_a, id(trained.dis_b): trained.dis_b})
+        for network in self.model.translation_networks():
+            network.requires_grad_(False)
         self._averages, self._weights = self.model.generator_parameters(), trained.generator_parameters()
         self._buffers = [
             (mine, theirs)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from unitkit.components import IMAGE_SUFFIXES, BadImageError, read_image
+from unitkit.components import IMAGE_SUFFIXES, BadImageError, image_mode, read_image
 from unitkit.errors import UnitkitError
 from unitkit.translator import Translator
 
@@ -64,7 +64,7 @@ def translate_path(
     "skip"; with "error", every input is read before anything is written and the first bad one raises
     :class:`BadImageError`. Existing files in ``output_dir`` are never replaced unless ``overwrite`` is set.
     """
-    mode = "L" if translator.channels(direction[0]) == 1 else "RGB"
+    mode = image_mode(translator.channels(direction[0]))
     inputs = list(image_files(source_path))
     if not inputs:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {source_path}")

@@ -23,7 +23,7 @@ from PIL import Image
 from torch import Tensor
 
 from unitkit.checkpoint import Checkpoint, load_model_state, read_checkpoint
-from unitkit.components import to_levels
+from unitkit.components import image_mode, to_levels
 from unitkit.errors import UsageError
 from unitkit.model import UNIT, build_model
 from unitkit.plugins import load_plugins
@@ -222,7 +222,7 @@ class Translator:
         return y[..., :height, :width].to(images.device, images.dtype)
 
     def _translate_image(self, image: Image.Image, direction: str) -> Image.Image:
-        array = np.asarray(image.convert("L" if self.channels(direction[0]) == 1 else "RGB"), dtype=np.float32)
+        array = np.asarray(image.convert(image_mode(self.channels(direction[0]))), dtype=np.float32)
         x = torch.from_numpy(array.reshape(*array.shape[:2], -1)).permute(2, 0, 1)[None] / 127.5 - 1
         levels = to_levels(self._translate_tensor(x, direction)[0]).to(torch.uint8).permute(1, 2, 0).numpy()
         return Image.fromarray(levels[..., 0] if levels.shape[-1] == 1 else levels)

@@ -23,7 +23,7 @@ from torchvision import transforms as T
 from torchvision.datasets import MNIST, SVHN, USPS
 
 from unitkit import IMAGE_SUFFIXES, DomainData
-from unitkit.components import BadImageError, read_image
+from unitkit.components import BadImageError, image_mode, read_image
 from unitkit.errors import UnitkitWarning
 from unitkit.recipe import DATA_ENV, MAX_IMAGE_SIZE, ImageSize
 
@@ -396,7 +396,7 @@ def unpaired_folders(
             UnitkitWarning,
             stacklevel=2,
         )
-    mode = "RGB" if channels == 3 else "L"
+    mode = image_mode(channels)
     paired = not unmatched and paired_test != "no"
 
     if paired:  # skipping a file of a paired test set would pair the next image with the wrong ground truth
