@@ -76,6 +76,8 @@ CASES = {
     "unknown-ablation": Case("run {tiny} --ablation nope", 2, "nope"),
     "empty-ablation-list": Case("run {tiny} --ablations ,", 2, "--ablations"),
     "two-ablation-options": Case("run {tiny} --ablation no-sharing --all-ablations", 2, "--ablation"),
+    "seeds-not-numbers": Case("run {tiny} --seeds 0,one", 2, "--seeds '0,one'"),
+    "seeds-and-a-seed": Case("run {tiny} --seeds 0,1 --set train.seed=3", 2, "leave out --set train.seed"),
     "huge-image-size": Case("run {tiny} --set data.image_size=100000", 2, "image_size"),
     "tiny-image-size": Case("run {tiny} --set data.image_size=9", 2, "image_size"),
     "device-typo": Case("run {tiny} --set train.device=banana", 2, "[train] device = 'banana'"),

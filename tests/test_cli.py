@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import statistics
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
-from conftest import TINY_DIGITS
+from conftest import TINY_DIGITS, fake_inception
 from PIL import Image
+from rich.console import Console
 
 from unitkit.checkpoint import list_checkpoints, read_checkpoint
 from unitkit.cli import main
-from unitkit.sweep import job_devices
+from unitkit.report import over_seeds
+from unitkit.sweep import Request, job_devices, plan_runs
 
 RUNNER = CliRunner()
 
@@ -80,6 +84,53 @@ def test_all_ablations_run_each_in_its_own_directory(tiny_recipe, tmp_path):
     assert Image.open(tmp_path / "sweep" / "results.png").size[0] > 100
     # Printed to a pipe, the table is as wide as it needs: no cell is cut short.
     assert "pixel_accuracy_floor_a2b" in result.output and "…" not in result.output
+
+
+def test_seeds_run_each_variant_per_seed_and_end_with_mean_and_deviation(tiny_recipe, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = invoke("run", tiny_recipe, "--ablations", "no-sharing", "--seeds", "3,5", "--out", sweep, "--quiet",
+                    "--set", "train.iterations=2")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    labels = ["base-seed3", "base-seed5", "no-sharing-seed3", "no-sharing-seed5"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == labels
+    assert "seed = 5" in (sweep / "no-sharing-seed5" / "recipe.toml").read_text()
+    runs = list(csv.DictReader((sweep / "results.csv").open()))
+    assert [(r["variant"], r["seed"]) for r in runs] == [("base", "3"), ("base", "5"), ("no-sharing", "3"),
+                                                         ("no-sharing", "5")]  # fmt: skip
+    means = list(csv.DictReader((sweep / "results_mean.csv").open()))
+    assert [(m["variant"], m["seeds"]) for m in means] == [("base", "2"), ("no-sharing", "2")]
+    values = [float(r["pixel_accuracy_a2b"]) for r in runs[:2]]
+    assert float(means[0]["pixel_accuracy_a2b"]) == pytest.approx(statistics.fmean(values))
+    assert float(means[0]["pixel_accuracy_a2b_std"]) == pytest.approx(statistics.stdev(values))
+    weights = [read_checkpoint(list_checkpoints(sweep / f"base-seed{seed}" / "checkpoints")[-1]).weights("raw")
+               for seed in (3, 5)]  # fmt: skip
+    assert not all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # the seeds trained other models
+    summary = (sweep / "results.md").read_text()
+    assert "## Mean ± standard deviation over seeds" in summary and "## Each run" in summary and " ± " in summary
+    assert "mean ± standard deviation over seeds" in result.output
+
+
+def test_one_ablation_over_seeds_is_a_sweep_of_its_own_that_resumes_as_asked(tiny_recipe, tmp_path, monkeypatch,
+                                                                              registries):  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    request = Request(tiny_recipe, ("train.iterations=3",), ablation="no-sharing", seeds="1, 0,1")
+    plan = plan_runs(request, registries, Console(quiet=True))
+    assert [(v.label, v.recipe.train.seed) for v in plan.variants] == [("no-sharing-seed1", 1), ("no-sharing-seed0", 0)]
+    assert plan.sweep_dir == Path("runs/tiny-no-sharing-seeds") and plan.title == "tiny [no-sharing]: seeds 1, 0"
+    assert plan.resume_command == (f"unitkit run {tiny_recipe} --set train.iterations=3 --ablation no-sharing "
+                                   "--seeds '1, 0,1' --out runs/tiny-no-sharing-seeds --resume")  # fmt: skip
+
+
+def test_the_summary_over_seeds_is_the_mean_and_sample_deviation_of_each_number():
+    rows = [{"variant": "base", "seed": 0, "iterations": 10, "acc": 0.5, "acc_best": 0.6, "acc_best_step": 4},
+            {"variant": "base", "seed": 1, "iterations": 10, "acc": 0.7, "acc_best": 0.8, "acc_best_step": 8},
+            {"variant": "narrow", "seed": 0, "iterations": 10, "acc": 0.4, "note": "text"}]  # fmt: skip
+    base, narrow = over_seeds(rows)
+    assert base == {"variant": "base", "seeds": 2, "iterations": 10, "iterations_std": 0.0, "acc": pytest.approx(0.6),
+                    "acc_std": pytest.approx(0.1414, abs=1e-4), "acc_best": pytest.approx(0.7),
+                    "acc_best_std": pytest.approx(0.1414, abs=1e-4)}  # fmt: skip
+    assert narrow == {"variant": "narrow", "seeds": 1, "iterations": 10, "iterations_std": None, "acc": 0.4,
+                      "acc_std": None}  # fmt: skip
 
 
 def test_parallel_sweep_trains_variants_in_their_own_processes(tiny_recipe, tmp_path):
@@ -148,18 +199,6 @@ def test_third_party_component_is_usable_from_a_recipe(third_party, tiny_recipe,
 def test_every_command_has_help_with_an_example(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0 and "Example" in result.output
-
-
-def fake_inception(path: Path) -> Path:
-    """A tiny TorchScript stand-in with the FID network's interface: (N, 3, 299, 299) in [-1, 1] → (N, 2048)."""
-    import torch
-
-    torch.manual_seed(0)
-    network = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(48, 2048))
-    with warnings.catch_warnings():  # TorchScript is deprecated, but it is the format the real network ships in
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.script(network).save(str(path))
-    return path
 
 
 @pytest.mark.slow

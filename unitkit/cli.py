@@ -30,7 +30,7 @@ from unitkit.export import FORMATS, export_network
 from unitkit.plugins import PluginSet, load_plugins
 from unitkit.recipe import load_recipe, read_toml, schema_markdown, shipped_recipes, standalone_toml
 from unitkit.registry import KIND_LABELS
-from unitkit.report import baseline_label, baselines_of, format_cell
+from unitkit.report import SPREAD, baseline_label, baselines_of, format_cell, format_with_spread, over_seeds
 from unitkit.translator import DIRECTIONS, WEIGHTS, Translator
 
 # rich neither wraps nor cuts messages (soft_wrap): a terminal folds a long line itself, and a log file or a pipe
@@ -431,7 +431,7 @@ def show(recipe: Path | None, overrides: tuple[str, ...], ablation: str, origin:
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     help="Run directory [default: runs/NAME; runs/NAME-ABLATION for one ablation; for a sweep, runs/NAME-ablations "
-    "holding a folder per variant].",
+    "(runs/NAME-seeds over --seeds alone) holding a folder per variant].",
 )
 @click.option(
     "--resume",
@@ -445,6 +445,12 @@ def show(recipe: Path | None, overrides: tuple[str, ...], ablation: str, origin:
     help="Replace the run in the run directory. The old run is kept aside until the new one's first checkpoint "
     "(and put back if it fails before); only what unitkit wrote is replaced. A run directory without a "
     "checkpoint starts afresh without it.",
+)
+@click.option(
+    "--seeds",
+    default="",
+    metavar="S,T,...",
+    help="Run each variant once per seed (train.seed), and end with each metric's mean ± standard deviation.",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option(
@@ -464,6 +470,7 @@ def run(
     out: Path | None,
     resume: bool,
     overwrite: bool,
+    seeds: str,
     quiet: bool,
     jobs: int,
 ) -> None:
@@ -479,10 +486,12 @@ def run(
       unitkit run cats --ablation no-sharing
       unitkit run cats --ablations no-sharing,no-cycle --set train.iterations=5000
       unitkit run maps --all-ablations --jobs 2 --set train.device=cpu
+      unitkit run mnist2usps --seeds 0,1 --jobs 2
       unitkit run my_recipe.toml --out runs/mine --resume
 
-    A sweep (--all-ablations or --ablations) ends with RUN_DIR/results.md, results.csv and results.png. With
-    several GPUs its variants train side by side, one per GPU; --jobs sets how many run at once.
+    A sweep (--all-ablations, --ablations or --seeds) ends with RUN_DIR/results.md, results.csv and results.png;
+    over seeds, also results_mean.csv. With several GPUs its variants train side by side, one per GPU; --jobs
+    sets how many run at once.
     """
     from unitkit import sweep
     from unitkit.distributed import is_main_process
@@ -495,7 +504,7 @@ def run(
         raise UsageError("--resume continues a run and --overwrite replaces it: pass one of them")
     plugins = plugins_with_warnings()
     say = console if is_main_process() else Console(quiet=True)  # under torchrun, rank 0 alone owns the terminal
-    request = sweep.Request(recipe, overrides, ablation, all_ablations, chosen, out, resume, overwrite, jobs)
+    request = sweep.Request(recipe, overrides, ablation, all_ablations, chosen, out, resume, overwrite, jobs, seeds)
     plan = sweep.plan_runs(request, plugins.registries, say)
     crash_log_folder = plan.sweep_dir or plan.variants[0].run_dir
     outcome = sweep.run_plan(plan, plugins.registries, say, show_progress=not quiet)
@@ -506,6 +515,8 @@ def run(
         sys.exit(143 if outcome.interrupted == "SIGTERM" else 130)
     if outcome.written:
         print_results(outcome.rows)
+        if request.seeds:
+            print_results(over_seeds(outcome.rows), "mean ± standard deviation over seeds")
         console.print(f"results: {', '.join(str(p) for p in outcome.written)}", highlight=False)
     evaluation = plan.variants[0].run_dir / "evaluation.json"
     if plan.sweep_dir is None and is_main_process() and evaluation.exists():  # rank 0 alone wrote it
@@ -515,14 +526,15 @@ def run(
                             f"in {plan.sweep_dir}")  # fmt: skip
 
 
-def print_results(rows: list[dict]) -> None:
-    """Print result rows (one per run or variant) as a rich table; iteration counts of best values left out."""
-    columns = [c for c in dict.fromkeys(k for row in rows for k in row) if not c.endswith("_step")]
-    table = Table()
+def print_results(rows: list[dict], title: str | None = None) -> None:
+    """Print result rows (one per run or variant) as a rich table, a number with its standard deviation as
+    "mean ± std"; iteration counts of best values left out."""
+    columns = [c for c in dict.fromkeys(k for row in rows for k in row) if not c.endswith(("_step", SPREAD))]
+    table = Table(title=title)
     for column in columns:
         table.add_column(column, justify="left" if column == "variant" else "right")
     for row in rows:
-        table.add_row(*(format_cell(row.get(c)) for c in columns))
+        table.add_row(*(format_with_spread(row, c) for c in columns))
     print_table(table)
 
 

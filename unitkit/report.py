@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -384,39 +385,86 @@ def format_cell(value: object) -> str:
 
 
 #: Columns of a results table that describe the run rather than measure it, or that only qualify another.
-_NOT_PLOTTED = ("variant", "iterations", "seconds", "iteration", "fid_images_a", "fid_images_b")
+_NOT_PLOTTED = ("variant", "seed", "seeds", "iterations", "seconds", "iteration", "fid_images_a", "fid_images_b")
+#: The suffix of a column holding another column's standard deviation over seeds.
+SPREAD = "_std"
 
 
 def write_results(rows: list[dict[str, float | int | str]], out_dir: Path, title: str) -> list[Path]:
     """Write a sweep's results as OUT_DIR/results.md, results.csv and a bar chart per metric (results.png).
 
-    Each row is one variant: ``variant``, ``iterations``, ``seconds`` and its evaluation metrics.
+    Each row is one run: ``variant``, ``seed`` where the sweep went over seeds, ``iterations``, ``seconds`` and
+    its evaluation metrics. Over seeds, each variant is also summarised (:func:`over_seeds`): results.md opens
+    with each number's mean ± standard deviation, results_mean.csv holds them, and the chart shows the means
+    with the deviations as error bars.
     """
-    import csv
-
     out_dir.mkdir(parents=True, exist_ok=True)
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with (out_dir / "results.csv").open("w", newline="", encoding="utf-8") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-    lines = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(format_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    written = [write_csv(rows, out_dir / "results.csv")]
+    lines = [f"# {title}", "", *markdown_table(rows)]
+    plotted = rows
+    if any("seed" in row for row in rows):
+        plotted = over_seeds(rows)
+        written.append(write_csv(plotted, out_dir / "results_mean.csv"))
+        lines[2:2] = ["## Mean ± standard deviation over seeds", "", *markdown_table(plotted), "", "## Each run", ""]
     (out_dir / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    written.insert(0, out_dir / "results.md")
 
-    metrics = [c for c in columns if c not in _NOT_PLOTTED and not c.endswith("_step")]
-    metrics = [m for m in metrics if any(isinstance(row.get(m), float | int) for row in rows)]
-    written = [out_dir / "results.md", out_dir / "results.csv"]
+    columns = dict.fromkeys(key for row in plotted for key in row)
+    metrics = [c for c in columns if c not in _NOT_PLOTTED and not c.endswith(("_step", SPREAD))]
+    metrics = [m for m in metrics if any(isinstance(row.get(m), float | int) for row in plotted)]
     if metrics:
-        plot_results(rows, metrics, out_dir / "results.png", title)
+        plot_results(plotted, metrics, out_dir / "results.png", title)
         written.append(out_dir / "results.png")
     return written
 
 
+def over_seeds(rows: list[dict]) -> list[dict]:
+    """One row per variant of a sweep over seeds: how many seeds finished, then for each number of its runs the
+    mean and, in ``NAME_std``, the sample standard deviation (n − 1; empty for one seed). The iterations of best
+    values (``*_step``) and the seeds themselves are left out."""
+    by_variant: dict[str, list[dict]] = {}
+    for row in rows:
+        by_variant.setdefault(str(row["variant"]), []).append(row)
+    summary = []
+    for variant, runs in by_variant.items():
+        entry: dict = {"variant": variant, "seeds": len(runs)}
+        for column in dict.fromkeys(key for run in runs for key in run):
+            values = [run[column] for run in runs if isinstance(run.get(column), float | int)]
+            if column in ("variant", "seed") or column.endswith("_step") or not values:
+                continue
+            entry[column] = statistics.fmean(values)
+            entry[column + SPREAD] = statistics.stdev(values) if len(values) > 1 else None
+        summary.append(entry)
+    return summary
+
+
+def markdown_table(rows: list[dict]) -> list[str]:
+    """The lines of a markdown table of ``rows``; a column's ``NAME_std`` joins its cell as "mean ± std"."""
+    columns = [c for c in dict.fromkeys(key for row in rows for key in row) if not c.endswith(SPREAD)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(format_with_spread(row, c) for c in columns) + " |" for row in rows]
+
+
+def format_with_spread(row: dict, column: str) -> str:
+    """``row``'s cell of ``column`` (:func:`format_cell`), as "mean ± std" where the row has ``column``_std."""
+    spread = row.get(column + SPREAD)
+    return format_cell(row.get(column)) + ("" if spread is None else f" ± {format_cell(spread)}")
+
+
+def write_csv(rows: list[dict], path: Path) -> Path:
+    """``rows`` as a CSV file with a header of every key, in order of appearance."""
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def plot_results(rows: list[dict], metrics: list[str], path: Path, title: str) -> Path:
     """One horizontal bar chart per metric, a bar per variant, with the metric's baselines (:data:`BASELINES`)
-    dashed where it has them."""
+    dashed where it has them, and error bars where the rows have the metric's standard deviation."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -432,7 +480,8 @@ def plot_results(rows: list[dict], metrics: list[str], path: Path, title: str) -
     for ax, metric in zip(axes.flat, metrics, strict=False):
         values = [row.get(metric) for row in rows]
         heights = [v if isinstance(v, float | int) else math.nan for v in values]  # a missing value: no bar
-        bars = ax.barh(range(len(rows)), heights, color="#4c72b0")
+        spreads = [row.get(metric + SPREAD) or 0 for row in rows]  # over seeds: error bars of ± one deviation
+        bars = ax.barh(range(len(rows)), heights, xerr=spreads, color="#4c72b0", error_kw={"linewidth": 1})
         for bar, value in zip(bars, values, strict=True):
             if isinstance(value, float | int):
                 ax.annotate(f"{value:.3g}", (bar.get_width(), bar.get_y() + bar.get_height() / 2), fontsize=7,

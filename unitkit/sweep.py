@@ -1,10 +1,11 @@
-"""Plan and run what ``unitkit run`` is asked: one run, or a sweep of a recipe's base and ablations.
+"""Plan and run what ``unitkit run`` is asked: one run, or a sweep of a recipe's base and ablations, each over
+one or several seeds.
 
 A plan validates every variant's recipe and checks every run directory before the first variant trains. The
 variants then train one after another in this process, or side by side (one per GPU, or several CPU jobs that
 split the cores), each in its own ``unitkit run --ablation NAME`` process so that CUDA contexts, thread pools and
 crashes stay apart, with its output in ``SWEEP_DIR/NAME.log``. A sweep ends with its results table, one row per
-finished variant.
+finished variant, and over seeds a second table of each metric's mean and standard deviation per ablation.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from rich.markup import escape
 
 from unitkit import rundir
 from unitkit.checkpoint import checkpoint_step, list_checkpoints, read_seconds
-from unitkit.distributed import is_main_process, world_size
+from unitkit.distributed import is_main_process, launched_by_torchrun
 from unitkit.errors import CheckpointError, UsageError
 from unitkit.recipe import Recipe, ablation_names, load_recipe
 from unitkit.registry import Registries
@@ -49,10 +50,11 @@ class Request:
     resume: bool = False
     overwrite: bool = False
     jobs: int = 0
+    seeds: str = ""  # --seeds S,T,...: each variant once per seed
 
     @property
     def is_sweep(self) -> bool:
-        return self.all_ablations or bool(self.chosen)
+        return self.all_ablations or bool(self.chosen) or bool(self.seeds)
 
 
 @dataclass
@@ -61,6 +63,7 @@ class Variant:
     starts there."""
 
     ablation: str
+    seed: int | None  # --seeds: this variant's train.seed; None: the recipe's
     recipe: Recipe
     run_dir: Path
     resume: bool = False
@@ -72,7 +75,8 @@ class Variant:
 
     @property
     def label(self) -> str:
-        return self.ablation or BASE_VARIANT
+        """The run's name in its sweep: its folder, log and console lines."""
+        return variant_label(self.ablation, self.seed)
 
 
 @dataclass
@@ -85,16 +89,24 @@ class Plan:
     devices: list[str]  # the devices of the parallel slots (see job_devices); empty: one variant after another here
 
     @property
+    def title(self) -> str:
+        """A sweep's results title: the recipe, and what the sweep goes over."""
+        request, recipe = self.request, self.variants[0].recipe
+        over = ["base and ablations"] if request.all_ablations or request.chosen else []
+        over += [f"seeds {', '.join(map(str, variant_seeds(request)))}"] if request.seeds else []
+        return f"{recipe.name}{f' [{recipe.ablation}]' if recipe.ablation else ''}: {', '.join(over)}"
+
+    @property
     def resume_command(self) -> str:
         """The command that continues the plan after an interrupt."""
         request = self.request
         again = ["unitkit", "run", str(request.recipe), *(f"--set {shlex.quote(o)}" for o in request.overrides)]
-        if self.sweep_dir is not None:
-            again += ["--all-ablations" if request.all_ablations else f"--ablations {request.chosen}"]
-            again += ["--out", str(self.sweep_dir), *([f"--jobs {request.jobs}"] if request.jobs else [])]
-        else:
-            again += ["--ablation", request.ablation] if request.ablation else []
-            again += ["--out", str(self.variants[0].run_dir)]
+        again += ["--ablation", request.ablation] if request.ablation else []
+        if request.all_ablations or request.chosen:
+            again += ["--all-ablations"] if request.all_ablations else [f"--ablations {shlex.quote(request.chosen)}"]
+        again += [f"--seeds {shlex.quote(request.seeds)}"] if request.seeds else []
+        again += ["--out", str(self.sweep_dir or self.variants[0].run_dir)]
+        again += [f"--jobs {request.jobs}"] if request.jobs and self.sweep_dir is not None else []
         return " ".join([*again, "--resume"])
 
 
@@ -117,25 +129,28 @@ def plan_runs(request: Request, registries: Registries, console: Console) -> Pla
     only once its run has passed its own start-up checks. A run that an --overwrite killed before its first
     checkpoint had set aside is put back first, and ``console`` says so.
     """
-    names = variant_names(request)
-    recipes = [load_recipe(request.recipe, registries, request.overrides, name) for name in names]
+    keys = [(name, seed) for name in variant_names(request) for seed in variant_seeds(request)]
+    recipes = [load_recipe(request.recipe, registries, [*request.overrides, *seed_overrides(seed)], name)
+               for name, seed in keys]  # fmt: skip
+    names, first = [name for name, _ in keys], recipes[0]
     if request.is_sweep:
         if BASE_VARIANT in names:
             raise UsageError(
                 f"an ablation named {BASE_VARIANT!r} would share the base recipe's folder in a sweep; rename it"
             )
-        sweep_dir = request.out or Path("runs") / f"{recipes[0].name}-ablations"
-        run_dirs = [sweep_dir / (name or BASE_VARIANT) for name in names]
+        what = "ablations" if request.all_ablations or request.chosen else "seeds"
+        sweep_dir = request.out or Path("runs") / "-".join(filter(None, (first.name, first.ablation, what)))
+        run_dirs = [sweep_dir / variant_label(*key) for key in keys]
     else:
         sweep_dir = None
-        run_dirs = [request.out or Path("runs") / (f"{r.name}-{r.ablation}" if r.ablation else r.name) for r in recipes]
-    torchrun = world_size() > 1
+        run_dirs = [request.out or Path("runs") / "-".join(filter(None, (first.name, first.ablation)))]
+    torchrun = launched_by_torchrun()
     if torchrun and request.jobs > 1:
         raise UsageError("--jobs runs a sweep's variants as separate processes; it cannot run under torchrun")
     devices: list[str] = []
-    if sweep_dir is not None and len(names) > 1 and not torchrun:
+    if sweep_dir is not None and len(keys) > 1 and not torchrun:
         cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        devices = job_devices(recipes[0].train.device, request.jobs, cuda_count)
+        devices = job_devices(first.train.device, request.jobs, cuda_count)
     main_process = is_main_process()  # under torchrun, rank 0 alone owns the run directories
     for run_dir in run_dirs if main_process else []:
         if rundir.restore(run_dir):
@@ -145,7 +160,7 @@ def plan_runs(request: Request, registries: Registries, console: Console) -> Pla
     resumes = [request.resume and (sweep_dir is None or rundir.has_checkpoint(d)) for d in run_dirs]
     starts = [rundir.check_start(d, resume, request.overwrite) if main_process else "fresh"
               for d, resume in zip(run_dirs, resumes, strict=True)]  # fmt: skip
-    variants = [Variant(*v) for v in zip(names, recipes, run_dirs, resumes, starts, strict=True)]
+    variants = [Variant(*key, *rest) for key, *rest in zip(keys, recipes, run_dirs, resumes, starts, strict=True)]
     return Plan(request, variants, sweep_dir, devices)
 
 
@@ -161,6 +176,32 @@ def variant_names(request: Request) -> list[str]:
     return names
 
 
+def variant_seeds(request: Request) -> list[int | None]:
+    """The seeds of --seeds S,T,... in order, or [None]: each variant once, with its recipe's train.seed."""
+    if not request.seeds:
+        return [None]
+    if any(override.partition("=")[0].strip() == "train.seed" for override in request.overrides):
+        raise UsageError("--seeds sets train.seed for each run: leave out --set train.seed")
+    try:
+        seeds = list(dict.fromkeys(int(seed) for seed in request.seeds.split(",") if seed.strip()))
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise UsageError(f"--seeds {request.seeds!r}: give integers separated by commas, such as --seeds 0,1")
+    return seeds
+
+
+def variant_label(ablation: str, seed: int | None) -> str:
+    """A sweep's name for a run: "base" or the ablation's name, and "-seedN" where --seeds sets its seed."""
+    name = ablation or BASE_VARIANT
+    return name if seed is None else f"{name}-seed{seed}"
+
+
+def seed_overrides(seed: int | None) -> list[str]:
+    """The --set override of a run's seed; none where the recipe's own seed stands."""
+    return [] if seed is None else [f"train.seed={seed}"]
+
+
 def run_plan(plan: Plan, registries: Registries, console: Console, show_progress: bool = True) -> Outcome:
     """Train the plan's variants, side by side where it has parallel slots, and write a sweep's results table
     unless a signal stopped it. ``console`` hears of each variant's start and end."""
@@ -169,8 +210,7 @@ def run_plan(plan: Plan, registries: Registries, console: Console, show_progress
     else:
         outcome = run_in_process(plan.variants, registries, console, show_progress)
     if plan.sweep_dir is not None and not outcome.interrupted and is_main_process():
-        title = f"{plan.variants[0].recipe.name}: base and ablations"
-        outcome.written = write_results(outcome.rows, plan.sweep_dir, title)
+        outcome.written = write_results(outcome.rows, plan.sweep_dir, plan.title)
     return outcome
 
 
@@ -196,7 +236,7 @@ def run_in_process(variants: list[Variant], registries: Registries, console: Con
         done = f"{result.step:,} iterations in {result.seconds:.0f} s; open {variant.run_dir / 'index.html'}"
         console.print(f"[green]done[/] {done}", highlight=False)
         if is_main_process():  # rank 0 alone wrote evaluation.json
-            outcome.rows.append(result_row(variant.label, variant.run_dir))
+            outcome.rows.append(result_row(variant))
     return outcome
 
 
@@ -227,7 +267,7 @@ def run_parallel(plan: Plan, console: Console) -> Outcome:
     variants, devices, sweep_dir = plan.variants, plan.devices, plan.sweep_dir
     sweep_dir.mkdir(parents=True, exist_ok=True)  # for the variants' logs
     threads = max(1, (os.cpu_count() or 1) // len(devices))
-    waiting, running, rows, failed = list(variants), {}, [], []
+    waiting, running, finished, failed = list(variants), {}, set(), []
     interrupted = ""
 
     def stop(signum: int, _frame: object) -> None:
@@ -256,7 +296,7 @@ def run_parallel(plan: Plan, console: Console) -> Outcome:
                 del running[slot]
                 seconds = time.perf_counter() - variant.started
                 if code == 0:
-                    rows.append(result_row(variant.label, variant.run_dir))
+                    finished.add(variant.label)
                     console.print(f"[green]done[/] {escape(variant.label)} in {seconds:.0f} s", highlight=False)
                 elif code in (130, 143) and interrupted:
                     console.print(f"[yellow]interrupted[/] {escape(variant.label)}", highlight=False)
@@ -269,8 +309,7 @@ def run_parallel(plan: Plan, console: Console) -> Outcome:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    order = {v.label: i for i, v in enumerate(variants)}
-    return Outcome(sorted(rows, key=lambda row: order[row["variant"]]), failed, interrupted)
+    return Outcome([result_row(v) for v in variants if v.label in finished], failed, interrupted)
 
 
 def _start(request: Request, variant: Variant, device: str, threads: int, sweep_dir: Path) -> None:
@@ -284,7 +323,7 @@ def _start(request: Request, variant: Variant, device: str, threads: int, sweep_
     elif device != "cuda":  # on CPU the slots share the cores instead of each starting a thread per core
         env["OMP_NUM_THREADS"] = str(threads)
     command = [sys.executable, "-m", "unitkit", "run", str(request.recipe), "--out", str(variant.run_dir), "--quiet"]
-    command += [arg for override in request.overrides for arg in ("--set", override)]
+    command += [arg for override in [*request.overrides, *seed_overrides(variant.seed)] for arg in ("--set", override)]
     command += ["--set", f"train.device={device}"]
     command += ["--ablation", variant.ablation] if variant.ablation else []
     # A variant an interrupt caught before its first checkpoint starts afresh in its directory without --overwrite.
@@ -297,13 +336,15 @@ def _start(request: Request, variant: Variant, device: str, threads: int, sweep_
     variant.started = time.perf_counter()
 
 
-def result_row(variant: str, run_dir: Path) -> dict:
-    """A variant's row of the sweep's results table: its last checkpoint's iteration and training wall seconds
-    (over the run and its resumptions; setup and the final evaluation left out), then its evaluation.json.
+def result_row(variant: Variant) -> dict:
+    """A variant's row of the sweep's results table: its ablation ("base" for the base recipe) and seed where
+    --seeds set it, its last checkpoint's iteration and training wall seconds (over the run and its resumptions;
+    setup and the final evaluation left out), then its evaluation.json.
 
     Seconds are None (an empty cell) where unknown: an old or unreadable checkpoint, which must not stop the
     table of the others.
     """
+    run_dir = variant.run_dir
     last = list_checkpoints(run_dir / "checkpoints")
     iterations = checkpoint_step(last[-1]) if last else 0
     try:
@@ -313,4 +354,5 @@ def result_row(variant: str, run_dir: Path) -> dict:
     seconds = None if seconds is None else round(seconds)
     evaluation = run_dir / "evaluation.json"
     metrics = json.loads(evaluation.read_text(encoding="utf-8")) if evaluation.exists() else {}
-    return {"variant": variant, "iterations": iterations, "seconds": seconds, **metrics}
+    seed = {} if variant.seed is None else {"seed": variant.seed}
+    return {"variant": variant.ablation or BASE_VARIANT, **seed, "iterations": iterations, "seconds": seconds} | metrics
