@@ -296,6 +296,21 @@ def test_usps_padding_gives_usps_digits_a_margin_and_leaves_mnist_alone() -> Non
     assert torch.equal(mnist_usps(str(DATA), source="usps", usps_padding=3).test_a[0][0], padded.test_b[0][0])
 
 
+@needs_data("mnist")
+@needs_data("usps")
+def test_a_validation_split_is_carved_from_the_training_sets_and_replaces_the_test_sets() -> None:
+    full, held = mnist_usps(str(DATA)), mnist_usps(str(DATA), validation=1000)
+    assert [len(s) for s in (held.train_a, held.train_b, held.test_a, held.test_b)] == [59000, 6291, 1000, 1000]
+    for train, validation, source in ((held.train_a, held.test_a, full.train_a), (held.train_b, held.test_b,
+                                                                                 full.train_b)):  # fmt: skip
+        assert torch.equal(train[0][0], source[0][0])  # training keeps the start, in order
+        assert torch.equal(validation[0][0], source[len(train)][0])  # the last 1,000 are held out
+        assert validation[999][1] == source[len(source) - 1][1]
+    with pytest.raises(ValueError, match="validation = 7,291 leaves no training images: there are 60,000 of mnist "
+                                         "and 7,291 of usps"):  # fmt: skip
+        mnist_usps(str(DATA), validation=7291)
+
+
 def test_digits_missing_root_names_the_expected_files(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as error:
         mnist_usps(str(tmp_path))

@@ -49,6 +49,12 @@ class ArrayImages(Dataset):
             x = x.expand(3, -1, -1) if self.channels == 3 else torch.tensordot(x.new_tensor(_LUMA), x, 1)[None]
         return x.clamp(-1, 1), int(self.labels[index])
 
+    def held_out(self, count: int) -> tuple[ArrayImages, ArrayImages]:
+        """The images but the last ``count``, and those last ``count``: a validation set carved from a training set."""
+        cut = len(self) - count
+        return (ArrayImages(self.images[:cut], self.labels[:cut], self.size, self.channels),
+                ArrayImages(self.images[cut:], self.labels[cut:], self.size, self.channels))  # fmt: skip
+
 
 # --------------------------------------------------------------------------------------------- synthetic
 
@@ -472,17 +478,25 @@ def digit_domain(
 
 
 def _digit_pair(
-    root: str, a: str, b: str, image_size: int, channels: tuple[int, int], padding: tuple[int, int] = (0, 0)
+    root: str,
+    names: tuple[str, str],
+    image_size: int,
+    channels: tuple[int, int],
+    padding: tuple[int, int] = (0, 0),
+    validation: int = 0,
 ) -> DomainData:
-    return DomainData(
-        train_a=digit_domain(a, root, True, image_size, channels[0], padding[0]),
-        train_b=digit_domain(b, root, True, image_size, channels[1], padding[1]),
-        test_a=digit_domain(a, root, False, image_size, channels[0], padding[0]),
-        test_b=digit_domain(b, root, False, image_size, channels[1], padding[1]),
-        channels=channels,
-        image_size=image_size,
-        num_classes=10,
-    )
+    """Two digit sets as domains A and B; ``validation`` > 0 evaluates on that many images held out of the end of
+    each training set instead of on the test sets."""
+    domains = list(zip(names, channels, padding, strict=True))
+    train = [digit_domain(name, root, True, image_size, c, pad) for name, c, pad in domains]
+    if not validation:
+        test = [digit_domain(name, root, False, image_size, c, pad) for name, c, pad in domains]
+        return DomainData(*train, *test, channels=channels, image_size=image_size, num_classes=10)
+    sizes = [f"{len(split):,} of {name}" for name, split in zip(names, train, strict=True)]
+    if validation >= min(map(len, train)):
+        raise ValueError(f"validation = {validation:,} leaves no training images: there are {' and '.join(sizes)}")
+    (train_a, test_a), (train_b, test_b) = (split.held_out(validation) for split in train)
+    return DomainData(train_a, train_b, test_a, test_b, channels=channels, image_size=image_size, num_classes=10)
 
 
 def mnist_usps(
@@ -491,24 +505,27 @@ def mnist_usps(
     image_size: ImageSize = 32,
     channels: Literal[1, 3] = 1,
     usps_padding: Annotated[int, Field(ge=0)] = 0,
+    validation: Annotated[int, Field(ge=0)] = 0,
 ) -> DomainData:
     """MNIST <-> USPS digits (A = source, B = the other) from root/mnist and root/usps; labels are the digits.
 
     Both are resized bilinearly to image_size (MNIST 28 -> 32, USPS 16 -> 32 by default). Never downloads.
     USPS digits fill their 16x16 frame, MNIST digits sit in a 20-pixel box of a 28-pixel frame; ``usps_padding``
     adds background around each USPS digit first (3 gives MNIST's proportions: 16 of 22 pixels).
+    ``validation = N`` holds out the last N training images of each set, trains on the rest and evaluates on
+    those N instead of the test sets: a schedule chosen on them never looked at a test image.
     """
     target = "usps" if source == "mnist" else "mnist"
     padding = (0, usps_padding) if source == "mnist" else (usps_padding, 0)
-    return _digit_pair(root, source, target, image_size, (channels, channels), padding)
+    return _digit_pair(root, (source, target), image_size, (channels, channels), padding, validation)
 
 
-def svhn_mnist(root: str, image_size: ImageSize = 32) -> DomainData:
+def svhn_mnist(root: str, image_size: ImageSize = 32, validation: Annotated[int, Field(ge=0)] = 0) -> DomainData:
     """SVHN -> MNIST digits (A = SVHN from root/svhn, B = MNIST from root/mnist in 3 channels); labels are digits.
 
-    SVHN is read from torchvision's .mat files (needs scipy). Never downloads.
+    SVHN is read from torchvision's .mat files (needs scipy). Never downloads. ``validation`` as in mnist-usps.
     """
-    return _digit_pair(root, "svhn", "mnist", image_size, (3, 3))
+    return _digit_pair(root, ("svhn", "mnist"), image_size, (3, 3), validation=validation)
 
 
 __all__ = ["ArrayImages", "ImageFiles", "digit_domain", "mnist_usps", "svhn_mnist", "synthetic", "unpaired_folders"]
