@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +25,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "slow: torchrun, torch.compile, the FID network, a browser or subprocesses stopped by signals; "
         "./dev.sh test -m 'not slow' leaves them out for a fast local loop (CI runs everything)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "cuda: the GPU paths (tests/test_cuda.py); skipped without a CUDA GPU unless UNITKIT_CUDA_TESTS_ON=cpu runs "
+        "them on the CPU as a dry run of their logic",
     )
 
 
@@ -104,22 +110,27 @@ def tiny_recipe(tmp_path: Path) -> Path:
     return path
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on, for a process group's rendezvous."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        return free.getsockname()[1]
+
+
 @pytest.fixture
 def torchrun_tiny(tiny_recipe: Path) -> Iterator[Callable[..., subprocess.Popen]]:
-    """Starts ``unitkit run`` of the tiny recipe in two CPU processes (gloo) under torchrun; returns its Popen.
+    """Starts ``unitkit run`` of the tiny recipe under torchrun, in two CPU processes (gloo) unless ``processes``
+    says otherwise (and ``train.device`` another device); returns its Popen.
 
     torchrun's workers run in sessions of their own, so killing torchrun would orphan them: a run still going
     at the end of the test gets SIGTERM, which torchrun forwards, and is killed only if it outlives that.
     """
     started: list[subprocess.Popen] = []
 
-    def start(out: Path, *overrides: str) -> subprocess.Popen:
-        with socket.socket() as free:
-            free.bind(("127.0.0.1", 0))
-            port = free.getsockname()[1]
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                   "127.0.0.1", "--master_port", str(port), "-m", "unitkit", "run", str(tiny_recipe), "--out",
-                   str(out), "--quiet", *(f"--set={o}" for o in overrides)]  # fmt: skip
+    def start(out: Path, *overrides: str, processes: int = 2) -> subprocess.Popen:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                   "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "unitkit", "run",
+                   str(tiny_recipe), "--out", str(out), "--quiet", *(f"--set={o}" for o in overrides)]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
         env["OMP_NUM_THREADS"] = "1"
         started.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
@@ -159,6 +170,18 @@ classify = 10.0
 feature = 1e-4
 fake_reconstructions = true
 """
+
+
+def fake_inception(path: Path) -> Path:
+    """A tiny TorchScript stand-in with the FID network's interface: (N, 3, 299, 299) in [-1, 1] → (N, 2048)."""
+    import torch
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(48, 2048))
+    with warnings.catch_warnings():  # TorchScript is deprecated, but it is the format the real network ships in
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(network).save(str(path))
+    return path
 
 
 PLUGIN_SOURCE = '''

@@ -1,4 +1,4 @@
-"""Precision, memory layout and compilation switches give the same training; torchrun with 2 CPU processes
+"""Precision, memory layout and compilation switches give the same training; torchrun with 1 or 2 CPU processes
 (gloo) trains the same weights as one process with the same global batch, and writes one checkpoint."""
 
 from __future__ import annotations
@@ -101,23 +101,27 @@ def test_compile_matches_eager(tiny_recipe, tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_match_one_process(tiny_recipe, torchrun_tiny, tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_torchrun_processes_match_one_process(tiny_recipe, torchrun_tiny, tmp_path, processes):
+    """One process under torchrun joins a process group too, and trains through DDP and the votes as each of two."""
     common = ["train.iterations=3", "train.batch_size=4", "train.checkpoint_every=3", "train.deterministic=true"]
     registries = load_plugins(autoload=False).registries
     train(load_recipe(tiny_recipe, registries, common), registries, tmp_path / "one", show_progress=False)
 
-    process = torchrun_tiny(tmp_path / "two", *common)
+    process = torchrun_tiny(tmp_path / "torchrun", *common, processes=processes)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr[-3000:]
-    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "two" / "checkpoints")] == ["step_000000003.safetensors"]
+    checkpoints = tmp_path / "torchrun" / "checkpoints"
+    assert [p.name for p in ckpt.list_checkpoints(checkpoints)] == ["step_000000003.safetensors"]
     assert stdout.count("done 3 iterations") == 1  # rank 0 alone reports
+    assert f"cpu × {processes} process" in (tmp_path / "torchrun" / "index.html").read_text(encoding="utf-8")
 
     one = ckpt.read_checkpoint(ckpt.checkpoint_path(tmp_path / "one" / "checkpoints", 3)).model_state
-    two = ckpt.read_checkpoint(ckpt.checkpoint_path(tmp_path / "two" / "checkpoints", 3)).model_state
-    assert one.keys() == two.keys()
+    many = ckpt.read_checkpoint(ckpt.checkpoint_path(checkpoints, 3)).model_state
+    assert one.keys() == many.keys()
     for name in one:
-        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(many[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
 
-    # Resume the two-process run in one process: the world size may change between runs.
+    # Resume the torchrun run in one process: the world size may change between runs.
     resumed = load_recipe(tiny_recipe, registries, [*common, "train.iterations=4"])
-    assert train(resumed, registries, tmp_path / "two", resume=True, show_progress=False).step == 4
+    assert train(resumed, registries, tmp_path / "torchrun", resume=True, show_progress=False).step == 4

@@ -4,6 +4,9 @@
 environment torchrun sets. ``train.batch_size`` stays the *global* batch: each process takes its own contiguous
 slice of every global batch and of every noise draw, so N processes train the same model one process would
 (up to the order of floating-point sums), and a run can resume at a different world size.
+
+A process torchrun started joins its process group even alone (``--nproc_per_node 1``), so that one process
+takes the same path (DistributedDataParallel, the votes) as each of many; a plain ``unitkit run`` joins none.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ class Shard:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    joined: bool = False  # whether this process joined torchrun's process group (at any world size, 1 too)
 
     @property
     def is_main(self) -> bool:
@@ -42,6 +46,17 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+#: What torchrun sets in each process's environment and ``init_process_group`` reads to meet the others.
+TORCHRUN_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")
+
+
+def launched_by_torchrun() -> bool:
+    """Whether torchrun started this process (usable before ``start``): its environment describes a process group
+    of one process or more. A WORLD_SIZE above 1 alone counts too: ``init_process_group`` then names what else is
+    missing, where the process would otherwise train alone."""
+    return world_size() > 1 or all(name in os.environ for name in TORCHRUN_ENV)
+
+
 def is_main_process() -> bool:
     """True unless torchrun started this process with a rank other than 0 (usable before ``start``)."""
     return os.environ.get("RANK", "0") == "0"
@@ -56,9 +71,8 @@ def start(device: torch.device) -> tuple[Shard, torch.device]:
 
     NCCL on CUDA, gloo on CPU. Without torchrun's environment this is a single process and nothing is started.
     """
-    world = world_size()
-    if world == 1:
-        return Shard(), device
+    if not launched_by_torchrun():
+        return SINGLE_PROCESS, device
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
@@ -67,7 +81,7 @@ def start(device: torch.device) -> tuple[Shard, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Shard(rank, world, local_rank), device
+    return Shard(rank, world_size(), local_rank, joined=True), device
 
 
 class Votes:
@@ -81,7 +95,7 @@ class Votes:
     """
 
     def __init__(self, shard: Shard) -> None:
-        self._group = dist.new_group(backend="gloo") if shard.world > 1 else None
+        self._group = dist.new_group(backend="gloo") if shard.joined else None
 
     def _reduce(self, value: int, op: dist.ReduceOp) -> int:
         if self._group is None:

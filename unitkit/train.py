@@ -353,7 +353,7 @@ def build_step(
     discriminator_pass: nn.Module = Synced(
         [model.dis_a, model.dis_b], lambda t, labels_a: discriminator_loss(model, t, gan, weights, labels_a)
     )
-    if shard.world > 1:
+    if shard.joined:
         ids = [device.index] if device.type == "cuda" else None
         generator_pass = DistributedDataParallel(generator_pass, device_ids=ids)
         discriminator_pass = DistributedDataParallel(discriminator_pass, device_ids=ids)
@@ -607,7 +607,8 @@ class Run:
         done, seconds = self.step - self.start_step, self.loop_seconds or time.perf_counter() - self.started
         precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.unit.dtype, "fp32")
         device = self.unit.device
-        where = f"{device} × {self.shard.world} processes" if self.shard.world > 1 else str(device)
+        world = self.shard.world
+        where = f"{device} × {world} process{'es' if world > 1 else ''}" if self.shard.joined else str(device)
         status = RunStatus(state, self.step, self.recipe.train.iterations, seconds / done if done else None,
                            self.seconds(), where, precision, note)  # fmt: skip
         write_index(self.run_dir, self.recipe.name, status)
