@@ -17,6 +17,7 @@ from unitkit.objective import (
     generator_losses,
     kl_divergence,
     translate_both,
+    with_noise,
 )
 from unitkit.recipe import load_recipe
 
@@ -286,3 +287,12 @@ def test_the_classifier_head_is_one_for_both_domains_even_without_discriminator_
     model, _, _ = digits("model.share_discriminators=false")
     assert model.dis_a.classifier is model.dis_b.classifier
     assert model.dis_a.body is not model.dis_b.body
+
+
+def test_the_latent_noise_does_not_depend_on_the_memory_layout():
+    mean = torch.randn(4, 6, 3, 3)
+    torch.manual_seed(0)
+    contiguous = with_noise(mean)
+    torch.manual_seed(0)
+    channels_last = with_noise(mean.to(memory_format=torch.channels_last))
+    assert torch.equal(contiguous, channels_last)

@@ -40,13 +40,11 @@ def with_noise(mean: Tensor, std: Tensor | None = None, shard: Shard = SINGLE_PR
     """A sample z = mean + std · ε, ε ~ N(0, I): the reparameterised draw from q(z|x) (std None: unit variance).
 
     Under data parallelism every process draws the noise of the whole global batch (their RNGs agree) and keeps
-    its own slice, so the result does not depend on the number of processes.
+    its own slice, so the result does not depend on the number of processes. The draw is in logical order, so it
+    does not depend on the memory layout either (``randn_like`` of a channels_last mean fills memory order).
     """
-    if shard.world == 1:
-        noise = torch.randn_like(mean)
-    else:
-        noise = torch.randn((len(mean) * shard.world, *mean.shape[1:]), dtype=mean.dtype, device=mean.device)
-        noise = noise[shard.slice(len(noise))]
+    noise = torch.randn((len(mean) * shard.world, *mean.shape[1:]), dtype=mean.dtype, device=mean.device)
+    noise = noise[shard.slice(len(noise))]
     return mean + noise if std is None else mean + std * noise
 
 
