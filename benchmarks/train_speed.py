@@ -3,12 +3,13 @@
 Each configuration runs in a fresh process (so peak memory is its own): it builds the recipe's networks, times
 full iterations (discriminator update + encoder/generator update, exactly the trainer's UnitStep) on random
 tensors, and reports min/median seconds per iteration, images/s, peak memory, parameters, FLOPs per iteration
-(torch.utils.flop_counter), the achieved FLOP/s, and the host's measured fp32 matmul FLOP/s as the
-practical ceiling.
+(torch.utils.flop_counter), the achieved FLOP/s, and the measured fp32 matmul FLOP/s of the host (or, with
+--device cuda, the GPU) as the practical ceiling.
 
     python benchmarks/train_speed.py                      # every configuration, fp32 and the CPU switches
     python benchmarks/train_speed.py --only ref-128-b1    # one configuration
     python benchmarks/train_speed.py --threads 2 --timed 10 --warmup 2
+    python benchmarks/train_speed.py --device cuda --only ref-128-b1 --set model.encoder.width=32   # --set: last
 
 Configurations: the reference UNIT architecture (recipes/cats.toml: generator width 64, 2 downsamplings,
 4 residual blocks in encoder and decoder; discriminator 4 layers x 3 scales; LSGAN; every loss term on) at
@@ -26,7 +27,13 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from unitkit.recipe import Recipe
+    from unitkit.train import UnitStep
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ["data.image_size={size}", "train.batch_size={batch}"]
@@ -49,16 +56,20 @@ SWITCHES = {
 }
 
 
-def matmul_flops(threads: int, size: int = 2048, repeats: int = 10) -> float:
-    """Measured fp32 matmul FLOP/s: the practical ceiling for the host and thread count."""
+def matmul_flops(threads: int, device: str = "cpu", repeats: int = 10) -> float:
+    """Measured fp32 matmul FLOP/s on ``device``: the practical ceiling for the host and thread count, or the GPU."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    size = 8192 if device.startswith("cuda") else 2048  # a GPU needs a larger product to reach its rate
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    finish = torch.cuda.synchronize if a.is_cuda else (lambda: None)  # GPU kernels return before they finish
     torch.mm(a, b)
+    finish()
     start = time.perf_counter()
     for _ in range(repeats):
         torch.mm(a, b)
+    finish()
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
@@ -70,24 +81,24 @@ def peak_memory_bytes(device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def measure(name: str, switch: str, threads: int, warmup: int, timed: int, device_name: str) -> dict:
-    """Run one configuration in this process and return its figures."""
+def random_batch_step(
+    recipe_file: str | Path, overrides: list[str], channels: tuple[int, int] | None, device_name: str
+) -> tuple[Recipe, UnitStep, Callable[[], None]]:
+    """The recipe's networks and trainer step, built as the trainer builds them, and a function that runs one
+    iteration of that step on a fixed random batch per domain (with labels for a classifier term) and waits for
+    the device to finish it. ``channels`` None: the recipe's ``data.channels`` in both domains (3 if unset)."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from unitkit.plugins import load_plugins
     from unitkit.recipe import load_recipe
     from unitkit.train import build_step, resolve_device, seed_everything
 
-    torch.set_num_threads(threads)
-    recipe_file, overrides, channels = CONFIGS[name]
     registries = load_plugins(autoload=False).registries
     device = resolve_device(device_name)
-    recipe = load_recipe(
-        ROOT / "recipes" / recipe_file, registries, [*overrides, *SWITCHES[switch], f"train.device={device_name}"]
-    )
+    recipe = load_recipe(recipe_file, registries, [*overrides, f"train.device={device_name}"])
     seed_everything(0)
     size, batch = recipe.data.settings["image_size"], recipe.train.batch_size
+    channels = channels or (recipe.data.settings.get("channels", 3),) * 2
     classes = 10 if recipe.objective.classify else 0  # the digits' classes, for recipes with a classifier term
     step = build_step(recipe, registries, channels, size, device, num_classes=classes)
     x_a, x_b = (torch.rand(batch, c, size, size) * 2 - 1 for c in channels)
@@ -98,6 +109,20 @@ def measure(name: str, switch: str, threads: int, warmup: int, timed: int, devic
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    return recipe, step, iteration
+
+
+def measure(name: str, switch: str, threads: int, warmup: int, timed: int, device_name: str, extra: list[str]) -> dict:
+    """Run one configuration in this process, with the ``extra`` recipe overrides last, and return its figures."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.set_num_threads(threads)
+    recipe_file, overrides, channels = CONFIGS[name]
+    recipe, step, iteration = random_batch_step(
+        ROOT / "recipes" / recipe_file, [*overrides, *SWITCHES[switch], *extra], channels, device_name
+    )
+    device, size, batch = step.device, recipe.data.settings["image_size"], recipe.train.batch_size
     for _ in range(warmup):
         iteration()
     times = []
@@ -136,12 +161,21 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--timed", type=int, default=10)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--set",
+        dest="extra",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recipe override applied after the configuration's and the switches' (toy sizes)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("CONFIG", "SWITCHES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(*args.child, args.threads, args.warmup, args.timed, args.device)), flush=True)
+        figures = measure(*args.child, args.threads, args.warmup, args.timed, args.device, args.extra)
+        print(json.dumps(figures), flush=True)
         return
-    ceiling = matmul_flops(args.threads)
+    ceiling = matmul_flops(args.threads, args.device)
     import torch
 
     # bf16 autocast runs on oneDNN kernels where the CPU has them (AVX-512, AMX) and is emulated elsewhere
@@ -152,7 +186,8 @@ def main() -> None:
     for name in args.only or CONFIGS:
         for switch in args.switches or SWITCHES:
             command = [sys.executable, __file__, "--child", name, switch, "--threads", str(args.threads),
-                       "--warmup", str(args.warmup), "--timed", str(args.timed), "--device", args.device]  # fmt: skip
+                       "--warmup", str(args.warmup), "--timed", str(args.timed), "--device", args.device,
+                       *(f"--set={o}" for o in args.extra)]  # fmt: skip
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode:
                 print(json.dumps({"config": name, "switches": switch, "error": result.stderr.strip()[-500:]}))
