@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,9 +59,20 @@ STEPS = 4
 
 
 @pytest.fixture(autouse=True)
-def true_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
-    """fp32 convolutions in fp32, not TF32 (see the module's docstring)."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+def true_fp32() -> Iterator[None]:
+    """fp32 convolutions in fp32, not TF32 (see the module's docstring), through the switch torch >= 2.9 reads
+    (mixing it with the older allow_tf32 flag is an error there)."""
+    convolutions = getattr(torch.backends.cudnn, "conv", None)
+    if hasattr(convolutions, "fp32_precision"):
+        switch, name, fp32 = convolutions, "fp32_precision", "ieee"
+    else:
+        switch, name, fp32 = torch.backends.cudnn, "allow_tf32", False
+    before = getattr(switch, name)
+    setattr(switch, name, fp32)
+    try:
+        yield
+    finally:
+        setattr(switch, name, before)
 
 
 @dataclass
@@ -75,12 +86,15 @@ class Trained:
 
 @pytest.fixture
 def tiny_step(tiny_recipe: Path, registries: Registries) -> Callable[..., tuple[UnitStep, DomainData]]:
-    """The tiny recipe's training step with these overrides on ``device``, seeded alike each time, and its data."""
+    """The tiny recipe's training step on ``device``, seeded alike each time, and its data: contiguous fp32 (the
+    reference each switch is compared with; "auto" would pick bf16 and channels_last on a GPU) unless
+    ``overrides`` say otherwise."""
 
     def build(
         *overrides: str, device: torch.device = DEVICE, shard: distributed.Shard = distributed.SINGLE_PROCESS
     ) -> tuple[UnitStep, DomainData]:
-        recipe = load_recipe(tiny_recipe, registries, list(overrides))
+        reference = ["train.precision=fp32", "train.channels_last=false"]
+        recipe = load_recipe(tiny_recipe, registries, [*reference, *overrides])
         data = build_data(recipe, registries)
         seed_everything(recipe.train.seed)
         return build_step(recipe, registries, data.channels, data.image_size, device, shard), data
@@ -120,7 +134,7 @@ def test_auto_device_trains_on_the_gpu_in_bf16_and_channels_last(tiny_step, tiny
     device = resolve_device(recipe.train.device)
     expected = ("cuda", torch.bfloat16, True) if ON_GPU else ("cpu", None, False)  # an H200 has bf16
     assert (device.type, *speed_switches(recipe.train, device)) == expected
-    unit, data = tiny_step(device=device)
+    unit, data = tiny_step("train.precision=auto", "train.channels_last=auto", device=device)
     convolutions = [p for p in unit.model.parameters() if p.ndim == 4]
     assert all(p.is_contiguous(memory_format=unit.memory_format) for p in convolutions)
     assert unit.dtype is expected[1] and (unit.memory_format is torch.channels_last) == expected[2]
@@ -225,11 +239,14 @@ def test_a_process_torchrun_started_alone_trains_through_ddp(tiny_step, monkeypa
     for name in (*distributed.TORCHRUN_ENV, "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
     assert distributed.start(DEVICE) == (distributed.SINGLE_PROCESS, DEVICE)  # a plain run joins no group
+    for name, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "RANK": "0", "WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(name, value)  # what a cluster's launcher may export for a plain process
+    assert distributed.start(DEVICE) == (distributed.SINGLE_PROCESS, DEVICE)
     assert not dist.is_initialized()
 
     # What torchrun --nproc_per_node 1 sets for its process.
-    torchrun = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "WORLD_SIZE": "1",
-                "LOCAL_RANK": "0"}  # fmt: skip
+    torchrun = {"TORCHELASTIC_RUN_ID": "none", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+                "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}  # fmt: skip
     for name, value in torchrun.items():
         monkeypatch.setenv(name, value)
     shard, device = distributed.start(DEVICE)

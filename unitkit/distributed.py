@@ -46,15 +46,16 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-#: What torchrun sets in each process's environment and ``init_process_group`` reads to meet the others.
-TORCHRUN_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")
+#: What torchrun sets in each process's environment for ``init_process_group`` to meet the others; the first is
+#: torchrun's own, where the others may come from any cluster's launcher for a plain process.
+TORCHRUN_ENV = ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")
 
 
 def launched_by_torchrun() -> bool:
-    """Whether torchrun started this process (usable before ``start``): its environment describes a process group
-    of one process or more. A WORLD_SIZE above 1 alone counts too: ``init_process_group`` then names what else is
-    missing, where the process would otherwise train alone."""
-    return world_size() > 1 or all(name in os.environ for name in TORCHRUN_ENV)
+    """Whether torchrun started this process (usable before ``start``), at any world size. A WORLD_SIZE above 1
+    alone counts too: ``init_process_group`` then names what else is missing, where the process would otherwise
+    train alone."""
+    return world_size() > 1 or TORCHRUN_ENV[0] in os.environ
 
 
 def is_main_process() -> bool:
