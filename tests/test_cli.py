@@ -251,6 +251,19 @@ device = "cpu"
 )
 
 
+def test_a_run_on_a_validation_split_says_so_beside_its_accuracies(shared_data, tmp_path):
+    recipe = tmp_path / "digits.toml"
+    recipe.write_text(DIGITS_RUN, encoding="utf-8")
+    result = invoke("run", recipe, "--out", tmp_path / "run", "--quiet", "--set", "data.validation=200")
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((tmp_path / "run" / "evaluation.json").read_text())
+    assert list(evaluation)[0] == "split" and evaluation["split"] == "validation" and "accuracy_b" in evaluation
+    assert "validation" in result.output  # the printed final evaluation says it too
+    again = invoke("evaluate", tmp_path / "run", "--device", "cpu", "--output", tmp_path / "again.json")
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "again.json").read_text())["split"] == "validation"
+
+
 @pytest.mark.parametrize("learned_scale", [False, True])
 def test_domain_adaptation_run_reports_last_and_best_accuracy(shared_data, tmp_path, learned_scale):
     recipe = tmp_path / "digits.toml"

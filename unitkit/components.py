@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -211,7 +212,8 @@ class DomainData:
     same content in the two domains (a ground-truth translation), which pixel accuracy needs. Where the factory
     knows what each test scene shows, ``judge_scenes(translations, indices, domain)`` says for each translation
     into ``domain`` of the test images at ``indices`` whether it shows that scene (bool (N,)); evaluation reports
-    the share as ``scene_accuracy_*``.
+    the share as ``scene_accuracy_*``. ``evaluation_split`` is "validation" where the factory held ``test_a``
+    and ``test_b`` out of the training images instead of reading the test sets.
     """
 
     train_a: Dataset
@@ -223,6 +225,7 @@ class DomainData:
     paired_test: bool = False
     num_classes: int = 0
     judge_scenes: Callable[[Tensor, Tensor, str], Tensor] | None = None
+    evaluation_split: Literal["test", "validation"] = "test"
 
 
 class Logger:

@@ -257,6 +257,12 @@ def fid_kid_if_asked(
     return fid_kid(model, data, device, network, recipe.resolved["data"], count, show_progress=show_progress)
 
 
+def with_split(results: dict, data: DomainData) -> dict:
+    """``results``, led by ``"split": "validation"`` where they were measured on images held out of the training
+    sets (a dataset's ``validation`` setting), so that no one reads them as test scores."""
+    return results if data.evaluation_split == "test" else {"split": data.evaluation_split} | results
+
+
 def evaluate_checkpoint(
     translator: Translator,
     run_dir: Path | None = None,
@@ -291,7 +297,7 @@ def evaluate_checkpoint(
     same_weights = translator.weights == recipe.evaluate.weights or not translator.has_average
     if recipe.train.eval_every and run_dir is not None and same_weights:
         results |= best_logged(run_dir / "log.jsonl")
-    return results
+    return with_split(results, data)
 
 
 def check_checkpoint_of_run(state: Checkpoint, run_dir: Path) -> None:

@@ -39,7 +39,7 @@ from unitkit.components import DomainData, GANLoss, Logger
 from unitkit.data import build_data, endless_images, first_images
 from unitkit.ema import WeightAverage, averaged_part
 from unitkit.errors import CheckpointError, StoppedBeforeCheckpoint, TrainingError, UsageError
-from unitkit.evaluate import best_logged, evaluate_run, fid_kid_if_asked
+from unitkit.evaluate import best_logged, evaluate_run, fid_kid_if_asked, with_split
 from unitkit.fid import MetricsError, find_inception
 from unitkit.model import UNIT, build_model
 from unitkit.objective import discriminator_loss, generator_losses, translate_both
@@ -644,6 +644,7 @@ class Run:
         self.log_evaluation(results)
         if self.recipe.train.eval_every:
             results |= best_logged(self.run_dir / "log.jsonl")
+        results = with_split(results, self.data)
         (self.run_dir / "evaluation.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
 
 

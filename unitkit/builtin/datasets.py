@@ -492,11 +492,12 @@ def _digit_pair(
     if not validation:
         test = [digit_domain(name, root, False, image_size, c, pad) for name, c, pad in domains]
         return DomainData(*train, *test, channels=channels, image_size=image_size, num_classes=10)
-    sizes = [f"{len(split):,} of {name}" for name, split in zip(names, train, strict=True)]
     if validation >= min(map(len, train)):
-        raise ValueError(f"validation = {validation:,} leaves no training images: there are {' and '.join(sizes)}")
+        sizes = " and ".join(f"{len(split):,} of {name}" for name, split in zip(names, train, strict=True))
+        raise ValueError(f"validation = {validation:,} leaves no training images: there are {sizes}")
     (train_a, test_a), (train_b, test_b) = (split.held_out(validation) for split in train)
-    return DomainData(train_a, train_b, test_a, test_b, channels=channels, image_size=image_size, num_classes=10)
+    return DomainData(train_a, train_b, test_a, test_b, channels=channels, image_size=image_size, num_classes=10,
+                      evaluation_split="validation")  # fmt: skip
 
 
 def mnist_usps(
