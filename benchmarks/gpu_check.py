@@ -142,7 +142,7 @@ TOY_DIGITS = ("model.encoder.width=4", "model.generator.width=4", "model.discrim
 DRY_DIGITS = (*TOY_DIGITS, "train.device=cpu", "train.log_every=5", "train.eval_every=10", "train.sample_every=10",
               "train.checkpoint_every=10")  # fmt: skip
 PLANS = {
-    # One device call of at most 10 minutes: the total leaves half a minute for the summary and the transfers.
+    # At most 10 minutes in all: the total leaves half a minute to write the summary and copy OUT back.
     # The caps are upper bounds; the digits phase gets whatever the others leave of the total.
     "gpu": Plan(
         caps={"setup": 60, "tests": 120, "speed": 180, "digits": 600},
@@ -384,6 +384,9 @@ def install(check: Check) -> PhaseReport | None:
     wheels = sorted((check.pack / "wheels").glob("*.whl"))
     if not wheels:
         return PhaseReport(FAILED, f"no wheels in {check.pack / 'wheels'}: run `gpu_check.py pack` first")
+    if platform.python_version().rsplit(".", 1)[0] != DEVICE_PYTHON:  # pydantic-core's wheel is built per version
+        return PhaseReport(FAILED, f"the wheels are for Python {DEVICE_PYTHON}, this is {platform.python_version()}:"
+                                   " set DEVICE_PYTHON and pack again")  # fmt: skip
     site = check.work / "site"
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-cache-dir"]
     until = check.until("setup")
@@ -643,7 +646,7 @@ def run_check(out: Path, pack: Path, dry_run: bool, phases: list[str], total: in
             log.write(f"[gpu_check] {name}: {report.status} in {report.seconds:.0f} s {report.note}")
             write_summary(check)
     log.close()
-    print((out / "summary.md").read_text(encoding="utf-8"), flush=True)  # the end of a device call's output
+    print((out / "summary.md").read_text(encoding="utf-8"), flush=True)  # last: a runner that keeps the tail shows it
     return int(any(r.status == FAILED for r in check.reports.values()))
 
 

@@ -9,7 +9,7 @@ tensors, and reports min/median seconds per iteration, images/s, peak memory, pa
     python benchmarks/train_speed.py                      # every configuration, fp32 and the CPU switches
     python benchmarks/train_speed.py --only ref-128-b1    # one configuration
     python benchmarks/train_speed.py --threads 2 --timed 10 --warmup 2
-    python benchmarks/train_speed.py --device cuda --only ref-128-b1 --set model.encoder.width=32   # --set: last
+    python benchmarks/train_speed.py --device cuda --only ref-128-b1 --set model.encoder.width=32   # and overrides
 
 Configurations: the reference UNIT architecture (recipes/cats.toml: generator width 64, 2 downsamplings,
 4 residual blocks in encoder and decoder; discriminator 4 layers x 3 scales; LSGAN; every loss term on) at

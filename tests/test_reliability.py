@@ -97,7 +97,7 @@ def test_a_resumed_run_counts_the_training_time_before_it(tiny_recipe, tmp_path,
     run(tiny_recipe, tmp_path, "train.iterations=4", resume=True)
     monkeypatch.undo()
     seconds = ckpt.read_seconds(ckpt.checkpoint_path(tmp_path / "checkpoints", 4))
-    row = result_row("base", tmp_path)
+    row = result_row(tmp_path)
     assert row["iterations"] == 4
     if earlier is None:
         assert seconds is None and row["seconds"] is None

@@ -481,7 +481,7 @@ def plot_results(rows: list[dict], metrics: list[str], path: Path, title: str) -
         values = [row.get(metric) for row in rows]
         heights = [v if isinstance(v, float | int) else math.nan for v in values]  # a missing value: no bar
         spreads = [row.get(metric + SPREAD) or 0 for row in rows]  # over seeds: error bars of ± one deviation
-        bars = ax.barh(range(len(rows)), heights, xerr=spreads, color="#4c72b0", error_kw={"linewidth": 1})
+        bars = ax.barh(range(len(rows)), heights, xerr=spreads if any(spreads) else None, color="#4c72b0")
         for bar, value in zip(bars, values, strict=True):
             if isinstance(value, float | int):
                 ax.annotate(f"{value:.3g}", (bar.get_width(), bar.get_y() + bar.get_height() / 2), fontsize=7,

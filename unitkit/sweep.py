@@ -129,7 +129,8 @@ def plan_runs(request: Request, registries: Registries, console: Console) -> Pla
     only once its run has passed its own start-up checks. A run that an --overwrite killed before its first
     checkpoint had set aside is put back first, and ``console`` says so.
     """
-    keys = [(name, seed) for name in variant_names(request) for seed in variant_seeds(request)]
+    seeds = variant_seeds(request)
+    keys = [(name, seed) for name in variant_names(request) for seed in seeds]
     recipes = [load_recipe(request.recipe, registries, [*request.overrides, *seed_overrides(seed)], name)
                for name, seed in keys]  # fmt: skip
     names, first = [name for name, _ in keys], recipes[0]
@@ -236,7 +237,7 @@ def run_in_process(variants: list[Variant], registries: Registries, console: Con
         done = f"{result.step:,} iterations in {result.seconds:.0f} s; open {variant.run_dir / 'index.html'}"
         console.print(f"[green]done[/] {done}", highlight=False)
         if is_main_process():  # rank 0 alone wrote evaluation.json
-            outcome.rows.append(result_row(variant))
+            outcome.rows.append(result_row(variant.run_dir, variant.ablation, variant.seed))
     return outcome
 
 
@@ -309,7 +310,8 @@ def run_parallel(plan: Plan, console: Console) -> Outcome:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    return Outcome([result_row(v) for v in variants if v.label in finished], failed, interrupted)
+    rows = [result_row(v.run_dir, v.ablation, v.seed) for v in variants if v.label in finished]
+    return Outcome(rows, failed, interrupted)
 
 
 def _start(request: Request, variant: Variant, device: str, threads: int, sweep_dir: Path) -> None:
@@ -336,15 +338,14 @@ def _start(request: Request, variant: Variant, device: str, threads: int, sweep_
     variant.started = time.perf_counter()
 
 
-def result_row(variant: Variant) -> dict:
-    """A variant's row of the sweep's results table: its ablation ("base" for the base recipe) and seed where
+def result_row(run_dir: Path, ablation: str = "", seed: int | None = None) -> dict:
+    """A run's row of the sweep's results table: its ablation ("base" for the base recipe) and seed where
     --seeds set it, its last checkpoint's iteration and training wall seconds (over the run and its resumptions;
     setup and the final evaluation left out), then its evaluation.json.
 
     Seconds are None (an empty cell) where unknown: an old or unreadable checkpoint, which must not stop the
     table of the others.
     """
-    run_dir = variant.run_dir
     last = list_checkpoints(run_dir / "checkpoints")
     iterations = checkpoint_step(last[-1]) if last else 0
     try:
@@ -354,5 +355,5 @@ def result_row(variant: Variant) -> dict:
     seconds = None if seconds is None else round(seconds)
     evaluation = run_dir / "evaluation.json"
     metrics = json.loads(evaluation.read_text(encoding="utf-8")) if evaluation.exists() else {}
-    seed = {} if variant.seed is None else {"seed": variant.seed}
-    return {"variant": variant.ablation or BASE_VARIANT, **seed, "iterations": iterations, "seconds": seconds} | metrics
+    seeded = {} if seed is None else {"seed": seed}
+    return {"variant": ablation or BASE_VARIANT, **seeded, "iterations": iterations, "seconds": seconds} | metrics
