@@ -356,4 +356,4 @@ def result_row(run_dir: Path, ablation: str = "", seed: int | None = None) -> di
     evaluation = run_dir / "evaluation.json"
     metrics = json.loads(evaluation.read_text(encoding="utf-8")) if evaluation.exists() else {}
     seeded = {} if seed is None else {"seed": seed}
-    return {"variant": ablation or BASE_VARIANT, **seeded, "iterations": iterations, "seconds": seconds} | metrics
+    return {"variant": variant_label(ablation, None), **seeded, "iterations": iterations, "seconds": seconds} | metrics

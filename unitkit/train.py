@@ -614,7 +614,8 @@ class Run:
         write_index(self.run_dir, self.recipe.name, status)
 
     def measure(self) -> dict[str, float]:
-        """The recipe's metrics on the test sets, leaving training's random stream as it was."""
+        """The recipe's metrics on the data's evaluation images (the test sets, or a validation split), leaving
+        training's random stream as it was."""
         with rng_set_aside(self.unit.device):
             return evaluate_run(self.shown_model, self.data, self.unit.device, self.run_dir / "confusion.png")
 
